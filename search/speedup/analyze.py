@@ -1,0 +1,188 @@
+"""Walk a traced graph and build its :class:`ChannelGraph` (links, pins, zero and ignored facts).
+
+Every node is handled by a rule chosen from its kind (module type, function or method name);
+a node no rule knows pins every axis it touches, so unknown operators keep channels, never break
+the model. Rules for operators live in :mod:`search.speedup.rules`, for modules in
+:mod:`search.speedup.module_rules`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.node import map_aggregate
+
+from search.speedup.graph import ChannelGraph, Value
+from search.speedup.trace import TracedModel
+
+__all__ = ["Analyzer"]
+
+logger = logging.getLogger(__name__)
+
+
+def slice_zero(t: torch.Tensor, axis: int) -> np.ndarray:
+    """Per position on ``axis``: is the whole slice zero?"""
+    if t.dim() == 0:
+        return np.zeros(0, dtype=bool)
+    dims = [d for d in range(t.dim()) if d != axis]
+    nz = (t != 0).any(dim=dims) if dims else (t != 0)
+    return (~nz).cpu().numpy()
+
+
+class Analyzer:
+    """Builds the channel graph of a traced model whose parameters already carry their masks."""
+
+    def __init__(self, traced: TracedModel, model: nn.Module) -> None:
+        self.traced = traced
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.g = ChannelGraph()
+        self.node_values: dict[str, Any] = {}
+        self.params: dict[tuple[str, str], Value] = {}
+        self.backward: list[Callable[[], None]] = []
+        self.unsupported: dict[str, str] = {}
+
+    # -- helpers used by rules --------------------------------------------------------------------
+    def concrete(self, a: Any) -> Any:
+        """A node argument's recorded value (tensors as meta tensors)."""
+        return map_aggregate(a, lambda x: self.traced.values.get(x.name) if isinstance(x, fx.Node) else x)
+
+    def value_of(self, a: Any) -> Any:
+        """Channel-graph Value(s) for a node argument (None for non-tensors)."""
+        return map_aggregate(a, lambda x: self.node_values.get(x.name) if isinstance(x, fx.Node) else None)
+
+    def shape_of(self, node: fx.Node) -> tuple[int, ...] | None:
+        v = self.traced.values.get(node.name)
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+    def new(self, node: fx.Node, shape: tuple[int, ...] | None = None) -> Value:
+        shape = shape if shape is not None else self.shape_of(node)
+        assert shape is not None
+        value = self.g.new_value(node.name, shape, producer=self.describe(node))
+        self.node_values[node.name] = value
+        return value
+
+    def param(self, module_name: str, attr: str) -> Value | None:
+        key = (module_name, attr)
+        if key in self.params:
+            return self.params[key]
+        owner = self.modules[module_name] if module_name in self.modules else None
+        tensor = getattr(owner, attr, None) if owner is not None else None
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        value = self.g.new_value(f"{module_name}.{attr}" if module_name else attr, tuple(tensor.shape), is_param=True)
+        for axis in range(value.ndim):
+            value.zero[axis] = slice_zero(tensor.detach(), axis)
+        self.params[key] = value
+        return value
+
+    def tensor(self, module_name: str, attr: str) -> torch.Tensor:
+        return getattr(self.modules[module_name], attr).detach()
+
+    def describe(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return f"{node.target} ({type(self.modules[str(node.target)]).__name__})"
+        if node.op in ("call_function", "call_method"):
+            name = getattr(node.target, "__name__", str(node.target))
+            return f"{name} at node {node.name}"
+        return f"{node.op} {node.name}"
+
+    def on_backward(self, fn: Callable[[], None]) -> None:
+        self.backward.append(fn)
+
+    def use(self, value: Value, axis: int, verdict: np.ndarray | bool) -> None:
+        """A consumer's view: positions of ``value`` on ``axis`` it ignores (AND-accumulated)."""
+        value.consumed = True
+        value.ignored[axis] &= verdict
+
+    def use_fully(self, value: Any, reason: str | None = None) -> None:
+        """A consumer that needs every position (and, with a reason, pins them)."""
+        for v in _values_in(value):
+            v.consumed = True
+            for axis in range(v.ndim):
+                v.ignored[axis][:] = False
+                if reason:
+                    self.g.pin(v, axis, reason)
+
+    @staticmethod
+    def whole_zero(v: Value) -> bool:
+        return any(bool(z.all()) and z.size > 0 for z in v.zero)
+
+    @staticmethod
+    def all_ignored(v: Value) -> bool:
+        return any(bool(ig.all()) and ig.size > 0 for ig in v.ignored)
+
+    # -- the walk ---------------------------------------------------------------------------------
+    def run(self) -> ChannelGraph:
+        from search.speedup.rules import dispatch  # noqa: PLC0415 (rules import this module)
+
+        for node in self.traced.graph.nodes:
+            if node.op == "placeholder":
+                shape = self.shape_of(node)
+                if shape is not None:
+                    v = self.new(node)
+                    self.g.pin_all(v, "model input")
+            elif node.op == "output":
+                for v in _values_in(self.value_of(node.args[0])):
+                    self.use_fully(v, "model output")
+            elif node.op == "get_attr":
+                value = self.concrete(node)
+                if isinstance(value, torch.Tensor):
+                    owner, _, attr = str(node.target).rpartition(".")
+                    pv = self.param(owner, attr)
+                    if pv is None:
+                        self.new(node)
+                    else:
+                        self.node_values[node.name] = pv
+            else:
+                handled = dispatch(self, node)
+                if not handled:
+                    self.unknown(node)
+        for fn in reversed(self.backward):
+            fn()
+        return self.g
+
+    def unknown(self, node: fx.Node, why: str | None = None) -> None:
+        """Conservative handling: pin every tensor axis the node reads or writes."""
+        reason = why or f"unsupported operation {self.describe(node)}"
+        tensors_in = [v for v in _values_in(self.value_of((node.args, node.kwargs)))]
+        out = self.concrete(node)
+        if tensors_in or _has_tensor(out):
+            self.unsupported.setdefault(node.name, reason)
+        for v in tensors_in:
+            self.use_fully(v, reason)
+        self._new_structure(node, out, reason)
+
+    def _new_structure(self, node: fx.Node, out: Any, reason: str | None) -> None:
+        if isinstance(out, torch.Tensor):
+            v = self.new(node, tuple(out.shape))
+            if reason:
+                self.g.pin_all(v, reason)
+        elif isinstance(out, tuple | list) and any(isinstance(o, torch.Tensor) for o in out):
+            items = []
+            for i, o in enumerate(out):
+                if isinstance(o, torch.Tensor):
+                    v = self.g.new_value(f"{node.name}[{i}]", tuple(o.shape), producer=self.describe(node))
+                    if reason:
+                        self.g.pin_all(v, reason)
+                    items.append(v)
+                else:
+                    items.append(None)
+            self.node_values[node.name] = tuple(items)
+
+
+def _values_in(structure: Any) -> list[Value]:
+    found: list[Value] = []
+    map_aggregate(structure, lambda x: found.append(x) if isinstance(x, Value) else None)
+    return found
+
+
+def _has_tensor(structure: Any) -> bool:
+    found = []
+    map_aggregate(structure, lambda x: found.append(1) if isinstance(x, torch.Tensor) else None)
+    return bool(found)

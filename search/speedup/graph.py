@@ -1,0 +1,129 @@
+"""Channel graph: every axis of every tensor (and of every parameter) as a row of positions.
+
+Operators *link* positions that must be removed together (a conv's output channel ``i``, the
+BN channel ``i`` after it, the ReLU channel ``i``, the next conv's input channel ``i``...). Linked
+positions form *components*; a component is removed as a whole, or not at all.
+
+Two facts per value position decide removal:
+
+* ``zero``: the slice at this position is identically zero in the masked model (forward pass);
+* ``ignored``: the slice does not influence the model's outputs (backward pass): every consumer
+  multiplies it by zero weights, or feeds it only to ignored positions.
+
+A component is removable when no position in it is *pinned* (a model input/output, an operator
+whose channel semantics we do not know, a normalisation over that axis, a literal size in a
+reshape...) and every value position in it is zero or ignored. Removing such a component
+changes no output: that is what makes the compact model exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+__all__ = ["Value", "ChannelGraph"]
+
+
+@dataclass
+class Value:
+    """A tensor in the graph (or a parameter / buffer) with one position row per axis."""
+
+    key: str
+    shape: tuple[int, ...]
+    offsets: list[int]
+    is_param: bool = False
+    zero: list[np.ndarray] = field(default_factory=list)
+    ignored: list[np.ndarray] = field(default_factory=list)
+    consumed: bool = False
+    producer: str = ""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def ids(self, axis: int) -> np.ndarray:
+        return np.arange(self.offsets[axis], self.offsets[axis] + self.shape[axis])
+
+
+class ChannelGraph:
+    """Positions, links between them, pins, and the zero/ignored facts of values."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._links_a: list[np.ndarray] = []
+        self._links_b: list[np.ndarray] = []
+        self.pinned: dict[int, str] = {}
+        self._pin_chunks: list[tuple[np.ndarray, str]] = []
+        self.values: list[Value] = []
+
+    # -- construction -----------------------------------------------------------------------------
+    def new_value(self, key: str, shape: Sequence[int], *, is_param: bool = False, producer: str = "") -> Value:
+        offsets = []
+        for n in shape:
+            offsets.append(self.size)
+            self.size += int(n)
+        value = Value(key=key, shape=tuple(int(n) for n in shape), offsets=offsets, is_param=is_param, producer=producer)
+        value.zero = [np.zeros(n, dtype=bool) for n in value.shape]
+        # Ignored until a consumer says otherwise; model outputs are marked used explicitly.
+        value.ignored = [np.ones(n, dtype=bool) for n in value.shape]
+        self.values.append(value)
+        return value
+
+    def link(self, a: Value, axis_a: int, b: Value, axis_b: int, mapping: np.ndarray | None = None) -> None:
+        """Link ``b``'s positions on ``axis_b`` with ``a``'s on ``axis_a``.
+
+        ``mapping[j]`` is the position of ``a`` that ``b``'s position ``j`` belongs to; ``None``
+        means one-to-one (the sizes must match).
+        """
+        if mapping is None:
+            if a.shape[axis_a] != b.shape[axis_b]:
+                raise ValueError(f"cannot link {a.key}[{axis_a}] ({a.shape[axis_a]}) with {b.key}[{axis_b}] ({b.shape[axis_b]})")
+            self._links_a.append(a.ids(axis_a))
+        else:
+            self._links_a.append(a.offsets[axis_a] + np.asarray(mapping, dtype=np.int64))
+        self._links_b.append(b.ids(axis_b))
+
+    def pin(self, value: Value, axis: int, reason: str, positions: np.ndarray | None = None) -> None:
+        ids = value.ids(axis) if positions is None else value.offsets[axis] + np.asarray(positions, dtype=np.int64)
+        self._pin_chunks.append((ids, reason))
+
+    def pin_all(self, value: Value, reason: str) -> None:
+        for axis in range(value.ndim):
+            self.pin(value, axis, reason)
+
+    # -- analysis ---------------------------------------------------------------------------------
+    def components(self) -> tuple[int, np.ndarray]:
+        if self._links_a:
+            a = np.concatenate(self._links_a)
+            b = np.concatenate(self._links_b)
+        else:
+            a = b = np.zeros(0, dtype=np.int64)
+        matrix = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(self.size, self.size))
+        return connected_components(matrix, directed=False)
+
+    def pin_reasons(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(pinned bool array, index of each position's first pin reason or -1, reasons)."""
+        first = np.full(self.size, -1, dtype=np.int64)
+        reasons: list[str] = []
+        for k, (ids, reason) in enumerate(self._pin_chunks):
+            reasons.append(reason)
+            fresh = ids[first[ids] == -1]
+            first[fresh] = k
+        return first >= 0, first, reasons
+
+    def dead_array(self) -> tuple[np.ndarray, np.ndarray]:
+        """(is_value_position, dead) over all positions; dead = zero or ignored."""
+        is_value = np.zeros(self.size, dtype=bool)
+        dead = np.ones(self.size, dtype=bool)
+        for v in self.values:
+            if v.is_param:
+                continue
+            for axis in range(v.ndim):
+                ids = v.ids(axis)
+                is_value[ids] = True
+                dead[ids] = v.zero[axis] | v.ignored[axis]
+        return is_value, dead

@@ -1,0 +1,359 @@
+"""Channel rules for leaf modules (Conv, Linear, norms, Embedding, activations, pooling...)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from search.speedup.analyze import Analyzer
+from search.speedup.graph import Value
+from search.speedup.rules import _reshape, along_axis, spatial, unary
+
+__all__ = ["module_rule", "linear_like", "ELEMENTWISE_MODULES", "SHRINKABLE_MODULES"]
+
+ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink,
+    nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
+)
+SPATIAL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+    nn.ReplicationPad3d, nn.LPPool1d, nn.LPPool2d,
+)
+#: Module types whose parameters speedup knows how to slice (attributes updated to match).
+SHRINKABLE_MODULES = (
+    nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.PReLU,
+)
+
+
+def _zero(t: torch.Tensor | None, n: int) -> np.ndarray:
+    return np.ones(n, dtype=bool) if t is None else (t.detach() == 0).cpu().numpy().reshape(-1)
+
+
+def module_rule(an: Analyzer, node: fx.Node) -> bool:
+    name = str(node.target)
+    m = an.modules[name]
+    x = an.value_of(node.args[0]) if node.args else None
+    if isinstance(m, nn.Linear):
+        if not isinstance(x, Value):
+            return False
+        return linear_like(an, node, x, an.param(name, "weight"), an.param(name, "bias"), m.weight.detach(),
+                           None if m.bias is None else m.bias.detach())
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return _conv_transpose(an, node, m, x)
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return _conv(an, node, m, x)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm):
+        return _channel_norm(an, node, m, x)
+    if isinstance(m, nn.LayerNorm):
+        return _layer_norm(an, node, m, x)
+    if isinstance(m, nn.GroupNorm):
+        return _group_norm(an, node, m, x)
+    if isinstance(m, nn.Embedding):
+        return _embedding(an, node, m, x)
+    if isinstance(m, nn.PReLU):
+        return _prelu(an, node, m, x)
+    if isinstance(m, nn.Flatten | nn.Unflatten):
+        return _reshape(an, node)
+    if isinstance(m, nn.Softmax | nn.LogSoftmax) and m.dim is not None:
+        return along_axis(an, node, node.args[0], m.dim, False, type(m).__name__)
+    if isinstance(m, SPATIAL_MODULES):
+        zero_keeping = not isinstance(m, nn.modules.padding._ConstantPadNd) or getattr(m, "value", 0) == 0
+        return spatial(an, node, zero_keeping=zero_keeping)
+    if isinstance(m, ELEMENTWISE_MODULES) and isinstance(x, Value) and len(node.args) == 1:
+        return unary(an, node, node.args[0])  # type: ignore[arg-type]
+    return False
+
+
+def linear_like(
+    an: Analyzer,
+    node: fx.Node,
+    x: Value,
+    w: Value | None,
+    b: Value | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> bool:
+    out_shape = an.shape_of(node)
+    if out_shape is None or w is None or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        return False
+    out = an.new(node)
+    nd = x.ndim
+    for a in range(nd - 1):
+        an.g.link(x, a, out, a)
+    an.g.link(w, 0, out, nd - 1)
+    an.g.link(w, 1, x, nd - 1)
+    if b is not None:
+        an.g.link(b, 0, out, nd - 1)
+    bias_zero = _zero(bias, weight.shape[0])
+    nz_in = torch.from_numpy(~x.zero[-1])
+    row_zero = (weight[:, nz_in] == 0).all(dim=1).cpu().numpy()
+    out.zero[-1] = row_zero & bias_zero
+    for a in range(nd - 1):
+        out.zero[a] = x.zero[a] & bool(bias_zero.all())
+
+    def back() -> None:
+        live = torch.from_numpy(~out.ignored[-1])
+        col_zero = (weight[live] == 0).all(dim=0).cpu().numpy()
+        an.use(x, nd - 1, col_zero)
+        for a in range(nd - 1):
+            an.use(x, a, out.ignored[a])
+
+    an.on_backward(back)
+    return True
+
+
+def _channel_axis(x: Value, weight: torch.Tensor) -> int:
+    return 1 if x.ndim == weight.dim() else 0
+
+
+def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | None) -> bool:
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None:
+        return False
+    name = str(node.target)
+    weight = m.weight.detach()
+    bias = None if m.bias is None else m.bias.detach()
+    cax = _channel_axis(x, weight)
+    out = an.new(node)
+    w, b = an.param(name, "weight"), an.param(name, "bias")
+    assert w is not None
+    if cax == 1:
+        an.g.link(x, 0, out, 0)
+    cin, cout, groups = x.shape[cax], out_shape[cax], m.groups
+    bias_zero = _zero(bias, cout)
+    an.g.link(w, 0, out, cax)
+    if b is not None:
+        an.g.link(b, 0, out, cax)
+    w_row_zero = (weight == 0).flatten(1).all(dim=1).cpu().numpy()
+    if cax == 1:
+        out.zero[0] = x.zero[0] & bool(bias_zero.all())
+    if groups == 1:
+        an.g.link(w, 1, x, cax)
+        nz_in = torch.from_numpy(~x.zero[cax])
+        out.zero[cax] = (weight[:, nz_in] == 0).flatten(1).all(dim=1).cpu().numpy() & bias_zero
+
+        def back() -> None:
+            live = torch.from_numpy(~out.ignored[cax])
+            col_zero = (weight[live] == 0).transpose(0, 1).flatten(1).all(dim=1).cpu().numpy()
+            an.use(x, cax, col_zero)
+            _use_rest(an, x, out, cax)
+
+    elif groups == cin and cout % cin == 0:
+        k = cout // cin
+        mapping = np.arange(cout) // k
+        an.g.link(x, cax, out, cax, mapping)
+        out.zero[cax] = (w_row_zero | x.zero[cax][mapping]) & bias_zero
+
+        def back() -> None:
+            verdict = (out.ignored[cax] | w_row_zero).reshape(cin, k).all(axis=1)
+            an.use(x, cax, verdict)
+            _use_rest(an, x, out, cax)
+
+    else:
+        reason = f"grouped convolution {name} (groups={groups})"
+        an.g.pin(x, cax, reason)
+        an.g.pin(out, cax, reason)
+        out.zero[cax] = w_row_zero & bias_zero
+
+        def back() -> None:
+            an.use(x, cax, Analyzer.all_ignored(out))
+            _use_rest(an, x, out, cax)
+
+    an.on_backward(back)
+    return True
+
+
+def _use_rest(an: Analyzer, x: Value, out: Value, cax: int) -> None:
+    if cax == 1:
+        an.use(x, 0, out.ignored[0])
+    every = Analyzer.all_ignored(out)
+    for a in range(cax + 1, x.ndim):
+        an.use(x, a, every)
+
+
+def _conv_transpose(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvTransposeNd, x: Value | None) -> bool:
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None:
+        return False
+    name = str(node.target)
+    weight = m.weight.detach()
+    bias = None if m.bias is None else m.bias.detach()
+    cax = _channel_axis(x, weight)
+    out = an.new(node)
+    w, b = an.param(name, "weight"), an.param(name, "bias")
+    assert w is not None
+    if cax == 1:
+        an.g.link(x, 0, out, 0)
+    cout = out_shape[cax]
+    bias_zero = _zero(bias, cout)
+    if m.groups != 1:
+        reason = f"grouped transposed convolution {name}"
+        an.g.pin(x, cax, reason)
+        an.g.pin(out, cax, reason)
+        an.on_backward(lambda: (an.use(x, cax, Analyzer.all_ignored(out)), _use_rest(an, x, out, cax)))
+        return True
+    an.g.link(w, 0, x, cax)
+    an.g.link(w, 1, out, cax)
+    if b is not None:
+        an.g.link(b, 0, out, cax)
+    nz_in = torch.from_numpy(~x.zero[cax])
+    out.zero[cax] = (weight[nz_in] == 0).transpose(0, 1).flatten(1).all(dim=1).cpu().numpy() & bias_zero
+    if cax == 1:
+        out.zero[0] = x.zero[0] & bool(bias_zero.all())
+
+    def back() -> None:
+        live = torch.from_numpy(~out.ignored[cax])
+        an.use(x, cax, (weight[:, live] == 0).flatten(1).all(dim=1).cpu().numpy())
+        _use_rest(an, x, out, cax)
+
+    an.on_backward(back)
+    return True
+
+
+def _identity_links(an: Analyzer, x: Value, out: Value) -> None:
+    for a in range(x.ndim):
+        an.g.link(x, a, out, a)
+
+
+def _channel_norm(an: Analyzer, node: fx.Node, m: nn.Module, x: Value | None) -> bool:
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None or tuple(out_shape) != x.shape:
+        return False
+    name = str(node.target)
+    cax = 1 if x.ndim >= 2 else 0
+    out = an.new(node)
+    _identity_links(an, x, out)
+    c = x.shape[cax]
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        p = an.param(name, attr)
+        if p is not None and p.shape == (c,):
+            an.g.link(p, 0, out, cax)
+    weight = getattr(m, "weight", None)
+    bias = getattr(m, "bias", None)
+    w = torch.ones(c) if weight is None else weight.detach().float().cpu()
+    bsh = torch.zeros(c) if bias is None else bias.detach().float().cpu()
+    rm, rv = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and rm is not None and rv is not None:
+        scale = w / torch.sqrt(rv.detach().float().cpu() + m.eps)
+        shift = bsh - rm.detach().float().cpu() * scale
+    else:  # batch/instance statistics: a zero slice normalises to zero
+        scale, shift = w, bsh
+    scale_zero = (scale == 0).numpy()
+    shift_zero = (shift == 0).numpy()
+    out.zero[cax] = (scale_zero & shift_zero) | (x.zero[cax] & shift_zero)
+    for a in range(x.ndim):
+        if a != cax:
+            out.zero[a] = x.zero[a] & bool(shift_zero.all())
+
+    def back() -> None:
+        an.use(x, cax, out.ignored[cax] | scale_zero)
+        for a in range(x.ndim):
+            if a != cax:
+                an.use(x, a, out.ignored[a])
+
+    an.on_backward(back)
+    return True
+
+
+def _layer_norm(an: Analyzer, node: fx.Node, m: nn.LayerNorm, x: Value | None) -> bool:
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None or tuple(out_shape) != x.shape:
+        return False
+    name = str(node.target)
+    k = len(m.normalized_shape)
+    normed = list(range(x.ndim - k, x.ndim))
+    out = an.new(node)
+    _identity_links(an, x, out)
+    for a in normed:
+        an.g.pin(x, a, f"LayerNorm {name} normalises over this axis")
+    for attr in ("weight", "bias"):
+        p = an.param(name, attr)
+        if p is not None:
+            for i, a in enumerate(normed):
+                an.g.link(p, i, out, a)
+    b = m.bias.detach() if m.bias is not None else None
+    w = m.weight.detach() if m.weight is not None else None
+    if k == 1:
+        wz = np.zeros(x.shape[-1], dtype=bool) if w is None else (w == 0).cpu().numpy()
+        out.zero[-1] = wz & _zero(b, x.shape[-1])
+    bias_all_zero = b is None or bool((b == 0).all())
+    for a in range(x.ndim - k):
+        out.zero[a] = x.zero[a] & bias_all_zero
+
+    def back() -> None:
+        every = Analyzer.all_ignored(out)
+        for a in range(x.ndim):
+            an.use(x, a, every if a in normed else out.ignored[a])
+
+    an.on_backward(back)
+    return True
+
+
+def _group_norm(an: Analyzer, node: fx.Node, m: nn.GroupNorm, x: Value | None) -> bool:
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None or x.ndim < 2:
+        return False
+    name = str(node.target)
+    out = an.new(node)
+    _identity_links(an, x, out)
+    an.g.pin(x, 1, f"GroupNorm {name} statistics span its channel groups")
+    for attr in ("weight", "bias"):
+        p = an.param(name, attr)
+        if p is not None:
+            an.g.link(p, 0, out, 1)
+    if m.affine:
+        out.zero[1] = (m.weight.detach() == 0).cpu().numpy() & (m.bias.detach() == 0).cpu().numpy()
+    for a in range(x.ndim):
+        if a != 1:
+            out.zero[a] = x.zero[a] & (not m.affine or bool((m.bias == 0).all()))
+
+    def back() -> None:
+        every = Analyzer.all_ignored(out)
+        for a in range(x.ndim):
+            an.use(x, a, every if a == 1 else out.ignored[a])
+
+    an.on_backward(back)
+    return True
+
+
+def _embedding(an: Analyzer, node: fx.Node, m: nn.Embedding, x: Value | None) -> bool:
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None or len(out_shape) != x.ndim + 1:
+        return False
+    out = an.new(node)
+    for a in range(x.ndim):
+        an.g.link(x, a, out, a)
+    w = an.param(str(node.target), "weight")
+    assert w is not None
+    an.g.link(w, 1, out, x.ndim)
+    out.zero[x.ndim] = (m.weight.detach() == 0).all(dim=0).cpu().numpy()
+
+    def back() -> None:
+        for a in range(x.ndim):
+            an.use(x, a, out.ignored[a])
+
+    an.on_backward(back)
+    return True
+
+
+def _prelu(an: Analyzer, node: fx.Node, m: nn.PReLU, x: Value | None) -> bool:
+    if not isinstance(x, Value):
+        return False
+    if m.num_parameters == 1:
+        return unary(an, node, node.args[0])  # type: ignore[arg-type]
+    out = an.new(node)
+    _identity_links(an, x, out)
+    p = an.param(str(node.target), "weight")
+    if p is not None and x.ndim >= 2:
+        an.g.link(p, 0, out, 1)
+    for a in range(x.ndim):
+        out.zero[a] = x.zero[a].copy()
+    an.on_backward(lambda: [an.use(x, a, out.ignored[a]) for a in range(x.ndim)])
+    return True

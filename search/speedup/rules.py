@@ -1,0 +1,809 @@
+"""Channel rules for tensor operators (functions and methods) of a traced graph."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from search.speedup.analyze import Analyzer, _has_tensor, _values_in
+from search.speedup.graph import Value
+
+__all__ = ["dispatch", "op_name"]
+
+UNARY = {
+    "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish", "hardsigmoid",
+    "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "mish", "softplus",
+    "softsign", "logsigmoid", "tanhshrink", "hardshrink", "softshrink", "threshold", "dropout", "dropout1d",
+    "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "abs", "neg", "pos", "exp", "log", "log1p",
+    "sqrt", "rsqrt", "square", "clamp", "clip", "clamp_min", "clamp_max", "clamp_", "sign", "floor", "ceil", "round",
+    "sin", "cos", "erf", "reciprocal", "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to",
+    "type", "type_as", "requires_grad_", "nan_to_num", "gelu_", "silu_", "exp_", "abs_", "neg_",
+}
+BINARY = {
+    "add": "add", "iadd": "add", "add_": "add", "sub": "add", "isub": "add", "sub_": "add", "rsub": "add",
+    "mul": "mul", "imul": "mul", "mul_": "mul", "truediv": "div", "div": "div", "div_": "div", "itruediv": "div",
+    "pow": "other", "maximum": "other", "minimum": "other", "max": "other", "min": "other", "where": "other",
+    "masked_fill": "other", "eq": "other", "ne": "other", "lt": "other", "le": "other", "gt": "other", "ge": "other",
+    "floordiv": "other", "fmod": "other", "remainder": "other", "addcmul": "other", "lerp": "other",
+}
+RESHAPE = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
+PERMUTE = {"transpose", "permute", "t", "movedim", "swapaxes", "swapdims"}
+REDUCE_ZERO_KEEPING = {"sum", "mean", "amax", "amin", "std", "var", "norm", "nansum", "nanmean"}
+REDUCE_OTHER = {"logsumexp", "prod", "all", "any", "argmax", "argmin", "max", "min", "median"}
+ALONG_DIM = {"softmax": False, "log_softmax": False, "normalize": True, "cumsum": True, "cumprod": False}
+SPATIAL = {
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+    "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
+    "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "lp_pool2d",
+}
+
+
+def op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    return name.lstrip("_") if name.startswith("__") else name
+
+
+def dispatch(an: Analyzer, node: fx.Node) -> bool:
+    out = an.concrete(node)
+    if not _has_tensor(out):
+        return True  # metadata (size, dim, shape, dtype...): no channel effect
+    if node.op == "call_module":
+        from search.speedup.module_rules import module_rule  # noqa: PLC0415
+
+        return module_rule(an, node)
+    name = op_name(node)
+    tensors = [a for a in _flat_args(node) if isinstance(an.value_of(a), Value)]
+    if name == "getitem":
+        return _getitem(an, node)
+    if name in UNARY or (name in BINARY and len(tensors) == 1 and name not in ("max", "min")):
+        return unary(an, node, tensors[0] if tensors else None)
+    if name in BINARY and name not in ("max", "min") or (name in ("max", "min") and len(tensors) > 1):
+        return elementwise(an, node, tensors, BINARY[name])
+    handler = _HANDLERS.get(name)
+    if handler is not None:
+        return handler(an, node)
+    if name in RESHAPE:
+        return _reshape(an, node)
+    if name in PERMUTE:
+        return _permute(an, node)
+    if name in REDUCE_ZERO_KEEPING or name in REDUCE_OTHER:
+        return _reduce(an, node, name in REDUCE_ZERO_KEEPING)
+    if name in ALONG_DIM:
+        return _along_dim(an, node, ALONG_DIM[name])
+    if name in SPATIAL:
+        return spatial(an, node, zero_keeping=True)
+    return False
+
+
+def _flat_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+def _call_with(an: Analyzer, node: fx.Node, replace: fx.Node, tensor: torch.Tensor) -> Any:
+    """Re-run a node's operation with one input replaced by ``tensor`` (other inputs as recorded)."""
+
+    def sub(a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            if a is replace:
+                return tensor
+            v = an.traced.values.get(a.name)
+            if isinstance(v, torch.Tensor):
+                raise _NotTestable
+            return v
+        return a
+
+    args = fx.node.map_aggregate(node.args, sub)
+    kwargs = fx.node.map_aggregate(node.kwargs, sub)
+    with torch.no_grad():
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        module = an.modules[str(node.target)]
+        return module(*args, **kwargs)
+
+
+class _NotTestable(Exception):
+    pass
+
+
+def maps_zero_to_zero(an: Analyzer, node: fx.Node, inp: fx.Node) -> bool:
+    meta = an.traced.values.get(inp.name)
+    if not isinstance(meta, torch.Tensor):
+        return False
+    try:
+        zeros = torch.zeros(meta.shape, dtype=meta.dtype)
+        result = _call_with(an, node, inp, zeros)
+    except Exception:
+        return False
+    return isinstance(result, torch.Tensor) and result.shape == zeros.shape and not bool(result.any())
+
+
+def unary(an: Analyzer, node: fx.Node, inp: fx.Node | None) -> bool:
+    """Elementwise with one tensor input: positions map one to one."""
+    out_shape = an.shape_of(node)
+    x = an.value_of(inp) if inp is not None else None
+    if not isinstance(x, Value) or out_shape is None or tuple(out_shape) != x.shape:
+        return False
+    out = an.new(node)
+    keeps_zero = maps_zero_to_zero(an, node, inp)  # type: ignore[arg-type]
+    for a in range(x.ndim):
+        an.g.link(x, a, out, a)
+        if keeps_zero:
+            out.zero[a] = x.zero[a].copy()
+
+    def back() -> None:
+        for a in range(x.ndim):
+            an.use(x, a, out.ignored[a])
+
+    an.on_backward(back)
+    return True
+
+
+def _aligned_axis(v: Value, out_ndim: int, b: int) -> int:
+    return b - (out_ndim - v.ndim)
+
+
+def _region_zero(v: Value, a: int, n: int) -> np.ndarray:
+    """Zero facts of ``v`` for output positions along an output axis of size ``n``."""
+    if a < 0:
+        return np.full(n, Analyzer.whole_zero(v))
+    if v.shape[a] == n:
+        return v.zero[a]
+    return np.full(n, bool(v.zero[a].all()))
+
+
+def elementwise(an: Analyzer, node: fx.Node, tensor_nodes: list[fx.Node], kind: str) -> bool:
+    """Broadcasting elementwise op over several tensors."""
+    out_shape = an.shape_of(node)
+    if out_shape is None:
+        return False
+    ins = [an.value_of(t) for t in tensor_nodes]
+    out = an.new(node)
+    n_out = len(out_shape)
+    for b in range(n_out):
+        n = out_shape[b]
+        for v in ins:
+            a = _aligned_axis(v, n_out, b)
+            if a >= 0 and v.shape[a] == n and n > 1:
+                an.g.link(v, a, out, b)
+        zs = [_region_zero(v, _aligned_axis(v, n_out, b), n) for v in ins]
+        if kind == "add":
+            out.zero[b] = np.logical_and.reduce(zs)
+        elif kind == "mul":
+            out.zero[b] = np.logical_or.reduce(zs)
+        elif kind == "div":
+            out.zero[b] = zs[0].copy()
+
+    def back() -> None:
+        for i, v in enumerate(ins):
+            for a in range(v.ndim):
+                b = a + (n_out - v.ndim)
+                verdict = out.ignored[b].copy()
+                if kind == "mul":
+                    for j, w in enumerate(ins):
+                        if j != i:
+                            verdict |= _region_zero(w, _aligned_axis(w, n_out, b), out_shape[b])
+                if v.shape[a] == out_shape[b]:
+                    an.use(v, a, verdict)
+                else:
+                    an.use(v, a, bool(verdict.all()))
+
+    an.on_backward(back)
+    return True
+
+
+def spatial(an: Analyzer, node: fx.Node, zero_keeping: bool) -> bool:
+    """Pooling / interpolation / padding: batch and channel axes map one to one, others are new."""
+    inp = _flat_args(node)[0] if _flat_args(node) else None
+    x = an.value_of(inp) if inp is not None else None
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None or len(out_shape) != x.ndim or x.ndim < 2:
+        return False
+    out = an.new(node)
+    for a in (0, 1):
+        if x.shape[a] != out_shape[a]:
+            return False
+        an.g.link(x, a, out, a)
+        if zero_keeping:
+            out.zero[a] = x.zero[a].copy()
+
+    def back() -> None:
+        for a in (0, 1):
+            an.use(x, a, out.ignored[a])
+        for a in range(2, x.ndim):
+            an.use(x, a, Analyzer.all_ignored(out))
+
+    an.on_backward(back)
+    return True
+
+
+def _dims(arg: Any, ndim: int) -> list[int]:
+    if arg is None:
+        return list(range(ndim))
+    if isinstance(arg, int):
+        return [arg % ndim]
+    return [int(d) % ndim for d in arg]
+
+
+def _reduce(an: Analyzer, node: fx.Node, zero_keeping: bool) -> bool:
+    args = an.concrete(node.args)
+    kwargs = an.concrete(node.kwargs)
+    x = an.value_of(node.args[0])
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None:
+        return False
+    dim = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], torch.Tensor) else None)
+    keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False))
+    reduced = _dims(dim, x.ndim)
+    kept = [a for a in range(x.ndim) if a not in reduced]
+    out = an.new(node)
+    out_axes = list(range(x.ndim)) if keepdim else [None] * x.ndim
+    if not keepdim:
+        for i, a in enumerate(kept):
+            out_axes[a] = i
+    for a in reduced:
+        an.g.pin(x, a, f"reduction over axis {a} at {an.describe(node)}")
+    for a in kept:
+        b = out_axes[a]
+        if b is None or out.shape[b] != x.shape[a]:
+            return True
+        an.g.link(x, a, out, b)
+        if zero_keeping:
+            out.zero[b] = x.zero[a].copy()
+
+    def back() -> None:
+        for a in kept:
+            b = out_axes[a]
+            if b is not None:
+                an.use(x, a, out.ignored[b])
+        for a in reduced:
+            an.use(x, a, Analyzer.all_ignored(out))
+
+    an.on_backward(back)
+    return True
+
+
+def _along_dim(an: Analyzer, node: fx.Node, zero_keeping: bool) -> bool:
+    args, kwargs = an.concrete(node.args), an.concrete(node.kwargs)
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if op_name(node) == "normalize":
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
+    if dim is None:
+        return False
+    return along_axis(an, node, node.args[0], int(dim), zero_keeping, op_name(node))
+
+
+def along_axis(an: Analyzer, node: fx.Node, inp: Any, dim: int, zero_keeping: bool, what: str) -> bool:
+    """An op that mixes positions along ``dim`` only (softmax...): that axis is pinned."""
+    x = an.value_of(inp)
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None or tuple(out_shape) != x.shape:
+        return False
+    dim = dim % x.ndim
+    out = an.new(node)
+    for a in range(x.ndim):
+        an.g.link(x, a, out, a)
+        if a == dim:
+            an.g.pin(x, a, f"{what} over this axis at node {node.name}")
+        elif zero_keeping:
+            out.zero[a] = x.zero[a].copy()
+
+    def back() -> None:
+        for a in range(x.ndim):
+            an.use(x, a, out.ignored[a] if a != dim else Analyzer.all_ignored(out))
+
+    an.on_backward(back)
+    return True
+
+
+def _permute(an: Analyzer, node: fx.Node) -> bool:
+    x = an.value_of(node.args[0])
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None:
+        return False
+    args = an.concrete(node.args)[1:]
+    kwargs = an.concrete(node.kwargs)
+    name = op_name(node)
+    perm = list(range(x.ndim))
+    if name in ("transpose", "swapaxes", "swapdims"):
+        d0 = kwargs.get("dim0", args[0] if args else 0) % x.ndim
+        d1 = kwargs.get("dim1", args[1] if len(args) > 1 else 1) % x.ndim
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    elif name == "t":
+        perm = perm[::-1]
+    elif name == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args
+        dims = kwargs.get("dims", dims)
+        perm = [int(d) % x.ndim for d in dims]
+    elif name == "movedim":
+        src = _dims(kwargs.get("source", args[0]), x.ndim)
+        dst = _dims(kwargs.get("destination", args[1]), x.ndim)
+        rest = [a for a in range(x.ndim) if a not in src]
+        perm = [-1] * x.ndim
+        for s, d in zip(src, dst, strict=True):
+            perm[d] = s
+        it = iter(rest)
+        perm = [p if p >= 0 else next(it) for p in perm]
+    if [x.shape[p] for p in perm] != list(out_shape):
+        return False
+    out = an.new(node)
+    for b, a in enumerate(perm):
+        an.g.link(x, a, out, b)
+        out.zero[b] = x.zero[a].copy()
+
+    def back() -> None:
+        for b, a in enumerate(perm):
+            an.use(x, a, out.ignored[b])
+
+    an.on_backward(back)
+    return True
+
+
+# -- reshape ---------------------------------------------------------------------------------------
+def _segments(ins: tuple[int, ...], outs: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    i = j = 0
+    segs: list[tuple[list[int], list[int]]] = []
+    while i < len(ins) or j < len(outs):
+        if i < len(ins) and ins[i] == 1:
+            segs.append(([i], []))
+            i += 1
+            continue
+        if j < len(outs) and outs[j] == 1:
+            segs.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(ins) or j >= len(outs):
+            return None
+        ia, oa, pi, po = [i], [j], ins[i], outs[j]
+        i, j = i + 1, j + 1
+        while pi != po:
+            if pi < po:
+                if i >= len(ins):
+                    return None
+                pi *= ins[i]
+                ia.append(i)
+                i += 1
+            else:
+                if j >= len(outs):
+                    return None
+                po *= outs[j]
+                oa.append(j)
+                j += 1
+        segs.append((ia, oa))
+    return segs
+
+
+def _literal_out_axes(node: fx.Node, out_ndim: int) -> set[int]:
+    """Output axes whose size the code spells as a literal int (they cannot change size)."""
+    name = op_name(node)
+    if name not in ("view", "reshape", "unflatten"):
+        return set()
+    sizes: Any = node.args[1:]
+    if name == "unflatten":
+        return set()
+    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
+        sizes = sizes[0]
+    if "shape" in node.kwargs:
+        sizes = node.kwargs["shape"]
+    if len(sizes) != out_ndim:
+        return set()
+    return {i for i, s in enumerate(sizes) if isinstance(s, int) and s != -1}
+
+
+def _reshape(an: Analyzer, node: fx.Node) -> bool:
+    x = an.value_of(node.args[0])
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None:
+        return False
+    segs = _segments(x.shape, tuple(out_shape))
+    if segs is None:
+        return False
+    out = an.new(node)
+    literal = _literal_out_axes(node, len(out_shape))
+    backs: list[Callable[[], None]] = []
+    for ia, oa in segs:
+        if not ia or not oa:
+            continue
+        if len(ia) == 1 and len(oa) == 1:
+            a, b = ia[0], oa[0]
+            an.g.link(x, a, out, b)
+            out.zero[b] = x.zero[a].copy()
+            if b in literal:
+                an.g.pin(out, b, f"literal size {out_shape[b]} in {op_name(node)} at node {node.name}")
+            backs.append(lambda a=a, b=b: an.use(x, a, out.ignored[b]))
+            continue
+        if len(oa) == 1:  # merge: link the outermost input axis
+            a0, b = ia[0], oa[0]
+            inner = math.prod(x.shape[k] for k in ia[1:])
+            mapping = np.arange(out_shape[b]) // inner
+            an.g.link(x, a0, out, b, mapping)
+            out.zero[b] = x.zero[a0][mapping]
+            for k in ia[1:]:
+                an.g.pin(x, k, f"inner axis of a merge in {op_name(node)} at node {node.name}")
+            if b in literal:
+                an.g.pin(out, b, f"literal size {out_shape[b]} in {op_name(node)} at node {node.name}")
+            backs.append(lambda a0=a0, b=b, mapping=mapping: _merge_back(an, x, a0, out, b, mapping))
+            for k in ia[1:]:
+                backs.append(lambda k=k: an.use(x, k, Analyzer.all_ignored(out)))
+            continue
+        if len(ia) == 1:  # split: link the one output axis whose size may change
+            a = ia[0]
+            free = [k for k in oa if k not in literal]
+            chosen = free[0] if free else oa[0]
+            sizes = [out_shape[k] for k in oa]
+            idx = np.unravel_index(np.arange(x.shape[a]), sizes)
+            pos = idx[oa.index(chosen)]
+            an.g.link(out, chosen, x, a, pos)
+            z = np.ones(out_shape[chosen], dtype=bool)
+            np.logical_and.at(z, pos, x.zero[a])
+            out.zero[chosen] = z
+            for k in oa:
+                if k != chosen or not free:
+                    an.g.pin(out, k, f"axis of a split in {op_name(node)} at node {node.name}")
+            backs.append(lambda a=a, chosen=chosen, pos=pos: an.use(x, a, out.ignored[chosen][pos]))
+            continue
+        for k in ia:
+            an.g.pin(x, k, f"reshape mixes axes at node {node.name}")
+        for k in oa:
+            an.g.pin(out, k, f"reshape mixes axes at node {node.name}")
+        backs.append(lambda ia=ia: [an.use(x, k, Analyzer.all_ignored(out)) for k in ia])
+
+    def back() -> None:
+        for fn in backs:
+            fn()
+        for ia, oa in segs:
+            if ia and not oa:
+                an.use(x, ia[0], Analyzer.all_ignored(out))
+
+    an.on_backward(back)
+    return True
+
+
+def _merge_back(an: Analyzer, x: Value, a0: int, out: Value, b: int, mapping: np.ndarray) -> None:
+    verdict = np.ones(x.shape[a0], dtype=bool)
+    np.logical_and.at(verdict, mapping, out.ignored[b])
+    an.use(x, a0, verdict)
+
+
+# -- getitem, cat, split ---------------------------------------------------------------------------
+def _getitem(an: Analyzer, node: fx.Node) -> bool:
+    container = an.value_of(node.args[0])
+    index = an.concrete(node.args[1])
+    if isinstance(container, tuple | list):
+        item = container[index] if isinstance(index, int) else None
+        if isinstance(item, Value):
+            an.node_values[node.name] = item
+            return True
+        return False
+    x = container
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None:
+        return False
+    idx = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, torch.Tensor) or isinstance(i, list) for i in idx):
+        return False
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    expanded: list[Any] = []
+    for i in idx:
+        if i is Ellipsis:
+            expanded.extend([slice(None)] * (x.ndim - n_real))
+        else:
+            expanded.append(i)
+    expanded.extend([slice(None)] * (x.ndim - sum(1 for i in expanded if i is not None)))
+    out = an.new(node)
+    a = b = 0
+    pairs: list[tuple[int, int]] = []
+    for i in expanded:
+        if i is None:
+            b += 1
+            continue
+        if isinstance(i, int):
+            an.g.pin(x, a, f"integer index at node {node.name}")
+            a += 1
+            continue
+        if isinstance(i, slice):
+            if i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1)):
+                an.g.link(x, a, out, b)
+                out.zero[b] = x.zero[a].copy()
+                pairs.append((a, b))
+            else:
+                positions = np.arange(x.shape[a])[i]
+                an.g.link(x, a, out, b, positions)
+                an.g.pin(x, a, f"slice {i} at node {node.name}")
+                out.zero[b] = x.zero[a][positions]
+            a += 1
+            b += 1
+            continue
+        return False
+
+    def back() -> None:
+        used = {p for p, _ in pairs}
+        for p, q in pairs:
+            an.use(x, p, out.ignored[q])
+        for p in range(x.ndim):
+            if p not in used:
+                an.use(x, p, False)
+
+    an.on_backward(back)
+    return True
+
+
+def _cat(an: Analyzer, node: fx.Node) -> bool:
+    seq = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = an.concrete(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0))
+    ins = [an.value_of(t) for t in seq] if isinstance(seq, tuple | list) else []
+    out_shape = an.shape_of(node)
+    if not ins or not all(isinstance(v, Value) for v in ins) or out_shape is None:
+        return False
+    dim = int(dim) % len(out_shape)
+    out = an.new(node)
+    offsets = np.cumsum([0] + [v.shape[dim] for v in ins])
+    for k, v in enumerate(ins):
+        an.g.link(out, dim, v, dim, offsets[k] + np.arange(v.shape[dim]))
+        for b in range(len(out_shape)):
+            if b != dim:
+                an.g.link(v, b, out, b)
+    out.zero[dim] = np.concatenate([v.zero[dim] for v in ins])
+    for b in range(len(out_shape)):
+        if b != dim:
+            out.zero[b] = np.logical_and.reduce([v.zero[b] for v in ins])
+
+    def back() -> None:
+        for k, v in enumerate(ins):
+            an.use(v, dim, out.ignored[dim][offsets[k] : offsets[k + 1]])
+            for b in range(len(out_shape)):
+                if b != dim:
+                    an.use(v, b, out.ignored[b])
+
+    an.on_backward(back)
+    return True
+
+
+def _chunk(an: Analyzer, node: fx.Node) -> bool:
+    """chunk(n)/split(size): equal parts couple the same offset in every part."""
+    x = an.value_of(node.args[0])
+    out = an.concrete(node)
+    if not isinstance(x, Value) or not isinstance(out, tuple | list):
+        return False
+    name = op_name(node)
+    args, kwargs = an.concrete(node.args), an.concrete(node.kwargs)
+    dim = int(kwargs.get("dim", args[2] if len(args) > 2 else 0)) % x.ndim
+    sizes = [o.shape[dim] for o in out]
+    equal = len(set(sizes)) == 1 and sum(sizes) == x.shape[dim]
+    symmetric = equal and name in ("chunk", "split") and (name == "chunk" or isinstance(args[1], int))
+    if name == "split" and isinstance(args[1], int):
+        symmetric = False  # a literal part size: the number of parts would change
+    items = []
+    offset = 0
+    backs = []
+    for k, o in enumerate(out):
+        v = an.g.new_value(f"{node.name}[{k}]", tuple(o.shape), producer=an.describe(node))
+        items.append(v)
+        positions = offset + np.arange(sizes[k])
+        an.g.link(x, dim, v, dim, positions)
+        v.zero[dim] = x.zero[dim][positions]
+        for b in range(x.ndim):
+            if b != dim:
+                an.g.link(x, b, v, b)
+                v.zero[b] = x.zero[b].copy()
+        if not symmetric:
+            an.g.pin(v, dim, f"{name} at literal boundaries at node {node.name}")
+        backs.append((v, positions))
+        offset += sizes[k]
+    if symmetric:
+        for v in items[1:]:
+            an.g.link(items[0], dim, v, dim)
+    an.node_values[node.name] = tuple(items)
+
+    def back() -> None:
+        verdict = np.ones(x.shape[dim], dtype=bool)
+        for v, positions in backs:
+            verdict[positions] = v.ignored[dim]
+        an.use(x, dim, verdict)
+        for b in range(x.ndim):
+            if b != dim:
+                an.use(x, b, np.logical_and.reduce([v.ignored[b] for v, _ in backs]))
+
+    an.on_backward(back)
+    return True
+
+
+def _matmul(an: Analyzer, node: fx.Node) -> bool:
+    a_node, b_node = node.args[0], node.args[1]
+    a, b = an.value_of(a_node), an.value_of(b_node)
+    out_shape = an.shape_of(node)
+    if not isinstance(a, Value) or not isinstance(b, Value) or out_shape is None or a.ndim < 2 or b.ndim < 2:
+        return False
+    out = an.new(node)
+    n_out = len(out_shape)
+    for k in range(n_out - 2):
+        n = out_shape[k]
+        for v in (a, b):
+            ax = k - (n_out - v.ndim)
+            if ax >= 0 and v.shape[ax] == n and n > 1:
+                an.g.link(v, ax, out, k)
+        out.zero[k] = _region_zero(a, k - (n_out - a.ndim), n) | _region_zero(b, k - (n_out - b.ndim), n)
+    an.g.link(a, a.ndim - 2, out, n_out - 2)
+    an.g.link(b, b.ndim - 1, out, n_out - 1)
+    an.g.link(a, a.ndim - 1, b, b.ndim - 2)
+    out.zero[n_out - 2] = a.zero[a.ndim - 2].copy()
+    out.zero[n_out - 1] = b.zero[b.ndim - 1].copy()
+
+    def back() -> None:
+        everything = Analyzer.all_ignored(out)
+        an.use(a, a.ndim - 2, out.ignored[n_out - 2])
+        an.use(b, b.ndim - 1, out.ignored[n_out - 1])
+        an.use(a, a.ndim - 1, b.zero[b.ndim - 2] | everything)
+        an.use(b, b.ndim - 2, a.zero[a.ndim - 1] | everything)
+        for k in range(n_out - 2):
+            for v, w in ((a, b), (b, a)):
+                ax = k - (n_out - v.ndim)
+                if ax < 0:
+                    continue
+                verdict = out.ignored[k] | _region_zero(w, k - (n_out - w.ndim), out_shape[k])
+                an.use(v, ax, verdict if v.shape[ax] == out_shape[k] else bool(verdict.all()))
+
+    an.on_backward(back)
+    return True
+
+
+def _sdpa(an: Analyzer, node: fx.Node) -> bool:
+    q, k, v = (an.value_of(node.args[i]) if len(node.args) > i else None for i in range(3))
+    if not all(isinstance(t, Value) and t.ndim == 4 for t in (q, k, v)) or len(node.args) > 3 or node.kwargs.get("attn_mask") is not None:
+        return False
+    assert isinstance(q, Value) and isinstance(k, Value) and isinstance(v, Value)
+    out = an.new(node)
+    for ax in (0, 1):
+        for t in (q, k, v):
+            an.g.link(t, ax, out, ax)
+    an.g.link(q, 2, out, 2)
+    an.g.link(k, 2, v, 2)
+    an.g.link(q, 3, k, 3)
+    an.g.pin(q, 3, f"attention scale depends on the head size at node {node.name}")
+    an.g.link(v, 3, out, 3)
+    out.zero[1] = v.zero[1].copy()
+    out.zero[3] = v.zero[3].copy()
+
+    def back() -> None:
+        an.use(v, 1, out.ignored[1])
+        an.use(q, 1, out.ignored[1] | v.zero[1])
+        an.use(k, 1, out.ignored[1] | v.zero[1])
+        an.use(v, 3, out.ignored[3])
+        for t in (q, k, v):
+            an.use(t, 0, out.ignored[0])
+        every = Analyzer.all_ignored(out)
+        for t, ax in ((q, 2), (k, 2), (v, 2), (q, 3), (k, 3)):
+            an.use(t, ax, every)
+
+    an.on_backward(back)
+    return True
+
+
+def _linear_fn(an: Analyzer, node: fx.Node) -> bool:
+    from search.speedup.module_rules import linear_like  # noqa: PLC0415
+
+    x = an.value_of(node.args[0])
+    w_node = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    b_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    w = an.value_of(w_node)
+    b = an.value_of(b_node) if isinstance(b_node, fx.Node) else None
+    if not isinstance(x, Value) or not isinstance(w, Value) or not w.is_param:
+        return False
+    wt = an.traced.values.get(w_node.name)
+    owner, _, attr = str(w_node.target).rpartition(".")
+    weight = an.tensor(owner, attr)
+    bias = None
+    if isinstance(b_node, fx.Node) and b_node.op == "get_attr":
+        bo, _, ba = str(b_node.target).rpartition(".")
+        bias = an.tensor(bo, ba)
+    _ = wt
+    return linear_like(an, node, x, w, b if isinstance(b, Value) and b.is_param else None, weight, bias)
+
+
+def _expand(an: Analyzer, node: fx.Node) -> bool:
+    x = an.value_of(node.args[0])
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None:
+        return False
+    out = an.new(node)
+    n_out = len(out_shape)
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
+        sizes = sizes[0]
+    literal = {i for i, s in enumerate(sizes) if isinstance(s, int) and s != -1} if op_name(node) == "expand" else set()
+    pairs = []
+    for b in range(n_out):
+        a = b - (n_out - x.ndim)
+        if a >= 0 and x.shape[a] == out_shape[b]:
+            an.g.link(x, a, out, b)
+            out.zero[b] = x.zero[a].copy()
+            pairs.append((a, b))
+            if b in literal and out_shape[b] > 1:
+                an.g.pin(out, b, f"literal size in expand at node {node.name}")
+    if op_name(node) == "expand_as":
+        other = an.value_of(node.args[1])
+        if isinstance(other, Value):
+            for b in range(n_out):
+                an.g.link(other, b, out, b)
+
+    def back() -> None:
+        linked = {a for a, _ in pairs}
+        for a, b in pairs:
+            an.use(x, a, out.ignored[b])
+        for a in range(x.ndim):
+            if a not in linked:
+                an.use(x, a, Analyzer.all_ignored(out))
+
+    an.on_backward(back)
+    return True
+
+
+def _pad(an: Analyzer, node: fx.Node) -> bool:
+    args, kwargs = an.concrete(node.args), an.concrete(node.kwargs)
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+    value = kwargs.get("value", args[3] if len(args) > 3 else None)
+    pads = args[1] if len(args) > 1 else kwargs.get("pad")
+    x = an.value_of(node.args[0])
+    if not isinstance(x, Value) or pads is None:
+        return False
+    padded_axes = {x.ndim - 1 - i // 2 for i, p in enumerate(pads) if p}
+    if any(a < 2 for a in padded_axes):
+        return False
+    return spatial(an, node, zero_keeping=mode == "constant" and not value)
+
+
+def _stack(an: Analyzer, node: fx.Node) -> bool:
+    seq = node.args[0]
+    ins = [an.value_of(t) for t in seq] if isinstance(seq, tuple | list) else []
+    out_shape = an.shape_of(node)
+    if not ins or not all(isinstance(v, Value) for v in ins) or out_shape is None:
+        return False
+    dim = int(an.concrete(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0))) % len(out_shape)
+    out = an.new(node)
+    an.g.pin(out, dim, f"stack axis at node {node.name}")
+    for v in ins:
+        for a in range(v.ndim):
+            b = a if a < dim else a + 1
+            an.g.link(v, a, out, b)
+    for a in range(ins[0].ndim):
+        b = a if a < dim else a + 1
+        out.zero[b] = np.logical_and.reduce([v.zero[a] for v in ins])
+
+    def back() -> None:
+        for v in ins:
+            for a in range(v.ndim):
+                an.use(v, a, out.ignored[a if a < dim else a + 1])
+
+    an.on_backward(back)
+    return True
+
+
+_HANDLERS: dict[str, Callable[[Analyzer, fx.Node], bool]] = {
+    "cat": _cat,
+    "concat": _cat,
+    "concatenate": _cat,
+    "stack": _stack,
+    "chunk": _chunk,
+    "split": _chunk,
+    "tensor_split": _chunk,
+    "matmul": _matmul,
+    "bmm": _matmul,
+    "mm": _matmul,
+    "scaled_dot_product_attention": _sdpa,
+    "linear": _linear_fn,
+    "expand": _expand,
+    "expand_as": _expand,
+    "pad": _pad,
+}
+

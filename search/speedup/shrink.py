@@ -1,0 +1,110 @@
+"""Slice parameters and buffers to the kept positions, and update module attributes to match."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.speedup.graph import Value
+
+__all__ = ["Change", "apply_removal", "rollback"]
+
+
+@dataclass
+class Change:
+    """What one module looked like before speedup (for rollback and the report)."""
+
+    module_name: str
+    module: nn.Module
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+_ATTRS = (
+    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features", "normalized_shape",
+    "num_channels", "embedding_dim", "num_parameters",
+)
+
+
+def _set_tensor(module: nn.Module, attr: str, new: torch.Tensor) -> None:
+    old = getattr(module, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+    elif attr in module._buffers:
+        module._buffers[attr] = new
+    else:
+        setattr(module, attr, new)
+
+
+def apply_removal(
+    modules: dict[str, nn.Module], params: dict[tuple[str, str], Value], removable: np.ndarray
+) -> dict[str, Change]:
+    """Remove the positions marked ``removable`` from every parameter/buffer; returns the changes."""
+    changes: dict[str, Change] = {}
+    for (module_name, attr), pv in params.items():
+        keeps = {}
+        for axis in range(pv.ndim):
+            gone = removable[pv.ids(axis)]
+            if gone.any():
+                keeps[axis] = np.nonzero(~gone)[0]
+        if not keeps:
+            continue
+        module = modules[module_name]
+        tensor = getattr(module, attr)
+        change = changes.setdefault(
+            module_name,
+            Change(module_name, module, attrs={a: getattr(module, a) for a in _ATTRS if hasattr(module, a)}),
+        )
+        change.tensors.setdefault(attr, tensor)
+        new = tensor.detach()
+        for axis, keep in keeps.items():
+            new = new.index_select(axis, torch.as_tensor(keep, dtype=torch.long, device=new.device))
+        _set_tensor(module, attr, new.clone())
+    for change in changes.values():
+        _update_attributes(change)
+    return changes
+
+
+def _update_attributes(change: Change) -> None:
+    m = change.module
+    old = change.attrs
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        m.in_channels = m.weight.shape[0]
+        m.out_channels = m.weight.shape[1] * m.groups
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        m.out_channels = m.weight.shape[0]
+        if old["groups"] > 1 and old["groups"] == old["in_channels"]:  # depthwise: channels follow outputs
+            multiplier = old["out_channels"] // old["in_channels"]
+            m.in_channels = m.out_channels // multiplier
+            m.groups = m.in_channels
+        else:
+            m.in_channels = m.weight.shape[1] * m.groups
+    elif isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm):
+        ref = m.running_mean if m.running_mean is not None else m.weight
+        if ref is not None:
+            m.num_features = ref.shape[0]
+    elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+    elif isinstance(m, nn.GroupNorm) and m.weight is not None:
+        m.num_channels = m.weight.shape[0]
+    elif isinstance(m, nn.Embedding):
+        m.embedding_dim = m.weight.shape[1]
+    elif isinstance(m, nn.PReLU):
+        m.num_parameters = m.weight.shape[0]
+
+
+def rollback(changes: dict[str, Change]) -> None:
+    """Undo :func:`apply_removal`."""
+    for change in changes.values():
+        for attr, tensor in change.tensors.items():
+            _set_tensor(change.module, attr, tensor) if not isinstance(tensor, nn.Parameter) else setattr(
+                change.module, attr, tensor
+            )
+        for attr, value in change.attrs.items():
+            setattr(change.module, attr, value)

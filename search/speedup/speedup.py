@@ -1,0 +1,231 @@
+"""ModelSpeedup: turn masks into a smaller model that computes the same function."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from search.config import channel_dims, is_io_target
+from search.metrics import _call, count_params
+from search.speedup.analyze import Analyzer
+from search.speedup.report import ModuleRow, SpeedupReport
+from search.speedup.shrink import apply_removal, rollback
+from search.speedup.trace import trace_model
+
+__all__ = ["ModelSpeedup", "SpeedupError"]
+
+logger = logging.getLogger(__name__)
+
+
+class SpeedupError(RuntimeError):
+    """Speedup could not produce a compact model equal to the masked one (nothing was changed)."""
+
+
+def _flat_tensors(out: Any) -> list[Tensor]:
+    found: list[Tensor] = []
+    torch.fx.node.map_aggregate(out, lambda x: found.append(x) if isinstance(x, Tensor) else None)
+    return found
+
+
+class ModelSpeedup:
+    """Shrink ``model`` in place so it computes what the masked model computes, only smaller.
+
+    Output channels whose masks are all zero are removed together with every position that
+    depends on them (BN channels, the next layer's input channels, concatenation slots,
+    residual partners...). A channel is removed only where that provably leaves every output
+    unchanged; otherwise it stays (with zero weights) and :attr:`report` says why. The result
+    is checked on ``dummy_input`` and rolled back with :class:`SpeedupError` if it differs.
+
+    Args:
+        model: the (unwrapped) model; its parameters get the masks multiplied in.
+        dummy_input: an input (tensor, tuple of positional inputs, or dict of keyword inputs).
+        masks: ``{module_name: {target_name: 0/1 tensor}}`` as pruners return them.
+        rtol: allowed max abs difference, relative to the output's max magnitude.
+
+    Example:
+        >>> import torch
+        >>> from search.pruning import L1NormPruner
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+        >>> pruner = L1NormPruner(model, [{'op_names': ['0'], 'sparse_ratio': 0.5}])
+        >>> _, masks = pruner.compress()
+        >>> pruner.unwrap_model()
+        >>> model = ModelSpeedup(model, torch.randn(1, 3, 8, 8), masks).speedup_model()
+        >>> model[0].out_channels, model[2].in_channels
+        (4, 4)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dummy_input: Any,
+        masks: Mapping[str, Mapping[str, Tensor]],
+        *,
+        rtol: float = 1e-4,
+        **_nni_compat: Any,
+    ) -> None:
+        self.model = model
+        self.dummy_input = dummy_input
+        self.masks = {m: dict(t) for m, t in masks.items()}
+        self.rtol = rtol
+        self.report: SpeedupReport | None = None
+
+    def _check_masks(self) -> None:
+        modules = dict(self.model.named_modules())
+        for name, targets in self.masks.items():
+            if name not in modules:
+                raise ValueError(f"masks name module {name!r}, which is not in the model")
+            if getattr(modules[name], "_ps_wrapper", None) is not None:
+                raise ValueError(f"module {name!r} is still wrapped by a pruner; call pruner.unwrap_model() first")
+            for target, mask in targets.items():
+                if mask is None:
+                    continue
+                if is_io_target(target):
+                    raise SpeedupError(
+                        f"{name}.{target}: masks on activations are not supported by speedup; "
+                        "mask the producing module's weight instead"
+                    )
+                value = getattr(modules[name], target, None)
+                if not isinstance(value, Tensor) or tuple(value.shape) != tuple(mask.shape):
+                    raise ValueError(f"{name}.{target}: mask shape {tuple(mask.shape)} does not match the target")
+
+    def _apply_masks(self) -> None:
+        modules = dict(self.model.named_modules())
+        with torch.no_grad():
+            for name, targets in self.masks.items():
+                for target, mask in targets.items():
+                    if mask is not None:
+                        tensor = getattr(modules[name], target)
+                        tensor.mul_(mask.to(tensor.device, tensor.dtype))
+
+    def speedup_model(self) -> nn.Module:
+        """Shrink the model in place and return it; the report is in :attr:`report`."""
+        start = time.perf_counter()
+        self._check_masks()
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            self._apply_masks()
+            params_before = count_params(model)
+            traced = trace_model(model, self.dummy_input)
+            reference = _flat_tensors(traced.output)
+            analyzer = Analyzer(traced, model)
+            analyzer.run()
+            removable, explain = self._decide(analyzer)
+            changes = apply_removal(analyzer.modules, analyzer.params, removable)
+            try:
+                counter = FlopCounterMode(display=False)
+                with torch.no_grad(), counter:
+                    result = _flat_tensors(_call(model, self.dummy_input))
+                diff = self._compare(reference, result)
+            except Exception as exc:
+                rollback(changes)
+                raise SpeedupError(f"the compact model failed to run ({type(exc).__name__}: {exc}); model restored") from exc
+            if diff is None:
+                rollback(changes)
+                raise SpeedupError("the compact model's outputs differ from the masked model's; model restored")
+            self.report = SpeedupReport(
+                rows=self._rows(analyzer, removable, explain),
+                params_before=params_before,
+                params_after=count_params(model),
+                flops_before=traced.flops,
+                flops_after=int(counter.get_total_flops()),
+                max_abs_diff=diff,
+                unsupported=sorted(set(analyzer.unsupported.values())),
+                trace_method=traced.method,
+                seconds=time.perf_counter() - start,
+            )
+        finally:
+            model.train(was_training)
+        logger.info("speedup: %s", self.report)
+        return model
+
+    def _compare(self, reference: list[Tensor], result: list[Tensor]) -> float | None:
+        if len(reference) != len(result):
+            return None
+        worst = 0.0
+        for r, o in zip(reference, result, strict=True):
+            if r.shape != o.shape:
+                return None
+            if not r.is_floating_point():
+                if not torch.equal(r, o):
+                    return None
+                continue
+            scale = max(float(r.abs().max()) if r.numel() else 0.0, 1e-6)
+            diff = float((r - o).abs().max()) if r.numel() else 0.0
+            if not diff <= self.rtol * max(scale, 1.0):
+                return None
+            worst = max(worst, diff)
+        return worst
+
+    def _decide(self, an: Analyzer) -> tuple[np.ndarray, Any]:
+        g = an.g
+        n, labels = g.components()
+        pinned, first_reason, reasons = g.pin_reasons()
+        is_value, dead = g.dead_array()
+        comp_pinned = np.bincount(labels, weights=pinned, minlength=n) > 0
+        comp_alive = np.bincount(labels, weights=is_value & ~dead, minlength=n) > 0
+        comp_has_value = np.bincount(labels, weights=is_value, minlength=n) > 0
+        ok = ~comp_pinned & ~comp_alive & comp_has_value
+        # Never empty an axis: keep one component of any tensor axis that would vanish.
+        for v in g.values:
+            for axis in range(v.ndim):
+                ids = v.ids(axis)
+                if ids.size and ok[labels[ids]].all():
+                    ok[labels[ids[0]]] = False
+        removable = ok[labels]
+        return removable, (labels, comp_pinned, first_reason, reasons, is_value, dead)
+
+    def _rows(self, an: Analyzer, removable: np.ndarray, explain: Any) -> list[ModuleRow]:
+        labels, comp_pinned, first_reason, reasons, is_value, dead = explain
+        comp_reason: dict[int, str] = {}
+        pinned_ids = np.nonzero(first_reason >= 0)[0]
+        comps, first = np.unique(labels[pinned_ids], return_index=True)
+        for c, i in zip(comps, first, strict=True):
+            comp_reason[int(c)] = reasons[first_reason[pinned_ids[i]]]
+        live_owner: dict[int, str] = {}
+        for v in an.g.values:
+            if v.is_param:
+                continue
+            for axis in range(v.ndim):
+                ids = v.ids(axis)
+                alive = ids[is_value[ids] & ~dead[ids]]
+                for c in np.unique(labels[alive]):
+                    live_owner.setdefault(int(c), f"non-zero output of {v.producer or v.key}")
+        rows = []
+        for name, targets in self.masks.items():
+            mask = targets.get("weight")
+            pv = an.params.get((name, "weight"))
+            if mask is None or pv is None:
+                continue
+            module = an.modules[name]
+            out_dim, _ = channel_dims(module)
+            if mask.dim() < 2 and not isinstance(module, nn.modules.batchnorm._NormBase):
+                continue
+            other = [d for d in range(mask.dim()) if d != out_dim]
+            masked = ~(mask != 0).any(dim=other).cpu().numpy() if other else (mask == 0).cpu().numpy()
+            ids = pv.ids(out_dim)
+            gone = removable[ids]
+            kept_reasons: Counter[str] = Counter()
+            for pos in np.nonzero(masked & ~gone)[0]:
+                c = int(labels[ids[pos]])
+                kept_reasons[comp_reason.get(c) or live_owner.get(c) or "no tensor depends on it"] += 1
+            rows.append(
+                ModuleRow(
+                    module=name,
+                    module_type=type(module).__name__,
+                    channels=int(mask.shape[out_dim]),
+                    requested=int(masked.sum()),
+                    removed=int(gone.sum()),
+                    kept=dict(kept_reasons),
+                )
+            )
+        return rows
