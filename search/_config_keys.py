@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 SELECTOR_KEYS = (
@@ -67,9 +68,20 @@ def where(index: int, key: str | None = None) -> str:
     return f"config_list[{index}]" + (f".{key}" if key else "")
 
 
+def _check_legacy_ratio(value: Any, index: int, key: str) -> None:
+    """Validate a legacy ratio under the key the user wrote (it is renamed afterwards)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise ConfigError(f"{where(index, key)}: must be a number in [0, 1], got {value!r}")
+
+
 def translate_legacy(config: dict[str, Any], index: int, mode: str) -> dict[str, Any]:
     """Return a copy of ``config`` with NNI 1.x/2.x keys rewritten to the current specification."""
     cfg = copy.deepcopy(config)
+    for key in ("sparsity", "sparsity_per_layer", "total_sparsity"):
+        if key in cfg:
+            _check_legacy_ratio(cfg[key], index, key)
+    if "max_sparsity_per_layer" in cfg and not isinstance(cfg["max_sparsity_per_layer"], dict):
+        _check_legacy_ratio(cfg["max_sparsity_per_layer"], index, "max_sparsity_per_layer")
     ratio_keys = [k for k in ("sparse_ratio", "sparsity", "sparsity_per_layer", "total_sparsity") if k in cfg]
     if len(ratio_keys) > 1:
         raise ConfigError(

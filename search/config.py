@@ -2,9 +2,9 @@
 
 A config list is a list of sub-configs (dicts). Each selects modules (``op_names``,
 ``op_names_re``, ``op_types`` minus the ``exclude_*`` keys), names the targets to compress
-(``target_names``; by default a module's ``weight`` and ``bias``), and says how
-(``target_settings`` or the shorthand keys such as ``sparse_ratio``). A later sub-config
-overrides an earlier one for the same module and target.
+(``target_names``; by default a module's ``weight`` and ``bias`` plus any target that
+``target_settings`` names), and says how (``target_settings`` or the shorthand keys such as
+``sparse_ratio``). A later sub-config overrides an earlier one for the same module and target.
 
 :func:`canonicalize_config_list` resolves a config list against a model into
 ``{module_name: {target_name: TargetSetting}}``. Legacy NNI keys are translated first
@@ -30,6 +30,7 @@ import inspect
 import logging
 import math
 import re
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -139,9 +140,52 @@ def _str_list(cfg: Mapping[str, Any], key: str, index: int) -> list[str]:
     return list(value)
 
 
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _resolve_type(type_name: str) -> type | None:
+    """The class a dotted name such as ``'torch.nn.Conv2d'`` refers to, if any.
+
+    Only modules already imported are looked in: a config list never triggers an import.
+    """
+    module_path, _, attr = type_name.rpartition(".")
+    obj = getattr(sys.modules.get(module_path), attr, None)
+    return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
+
+
 def _type_matches(module: nn.Module, type_names: set[str]) -> bool:
+    """Exact type match (as NNI: no subclasses) by class name or dotted path (``torch.nn.Conv2d`` too)."""
     cls = type(module)
-    return cls.__name__ in type_names or f"{cls.__module__}.{cls.__qualname__}" in type_names
+    if cls.__name__ in type_names or _qualified_name(cls) in type_names:
+        return True
+    return any("." in name and _resolve_type(name) is cls for name in type_names)
+
+
+def _type_hint(short: str, known_types: set[str]) -> str | None:
+    """The known type name closest to ``short`` (a case-insensitive match first)."""
+    by_lower = {t.lower(): t for t in known_types}
+    if short.lower() in by_lower:
+        return by_lower[short.lower()]
+    hint = difflib.get_close_matches(short, sorted(known_types), n=1)
+    return hint[0] if hint else None
+
+
+def _check_type_name(model: nn.Module, type_name: str, known_types: set[str], path: str) -> None:
+    """A type name must name a torch.nn class or a class of the model (plain or fully qualified)."""
+    module_path, _, short = type_name.rpartition(".")
+    if module_path:
+        if type_name in {_qualified_name(type(m)) for m in model.modules()} or _resolve_type(type_name):
+            return
+        hint = _type_hint(short, known_types)
+        if hint is not None and _resolve_type(f"{module_path}.{hint}") is not None:
+            hint = f"{module_path}.{hint}"
+        suggestion = f" (did you mean {hint!r}?)" if hint else ""
+        raise ConfigError(f"{path}: {type_name!r} names no torch.nn.Module class{suggestion}")
+    if short not in known_types:
+        hint = _type_hint(short, known_types)
+        suggestion = f" (did you mean {hint!r}?)" if hint else ""
+        raise ConfigError(f"{path}: {type_name!r} is no torch.nn.Module type in torch.nn or in the model{suggestion}")
 
 
 def select_modules(model: nn.Module, config: Mapping[str, Any], index: int = 0) -> dict[str, nn.Module]:
@@ -150,13 +194,7 @@ def select_modules(model: nn.Module, config: Mapping[str, Any], index: int = 0) 
     known_types = _known_type_names(model)
     for key in ("op_types", "exclude_op_types"):
         for type_name in lists[key]:
-            short = type_name.rsplit(".", 1)[-1]
-            if short not in known_types:
-                hint = difflib.get_close_matches(short, sorted(known_types), n=1)
-                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(
-                    f"{where(index, key)}: {type_name!r} is no torch.nn.Module type in torch.nn or in the model{suggestion}"
-                )
+            _check_type_name(model, type_name, known_types, where(index, key))
     regexes: dict[str, list[re.Pattern[str]]] = {}
     for key in ("op_names_re", "exclude_op_names_re"):
         try:
@@ -199,6 +237,9 @@ def _unknown_key(key: str, allowed: Sequence[str], path: str, mode: str) -> Conf
     for other_mode, keys in MODE_KEYS.items():
         if other_mode != mode and key in keys:
             return ConfigError(f"{path}: {key!r} is a {other_mode} key; it has no meaning in a {mode} config")
+    for other_mode, keys in MODE_LEGACY_KEYS.items():
+        if other_mode != mode and key in keys:
+            return ConfigError(f"{path}: {key!r} is a legacy {other_mode} key; it has no meaning in a {mode} config")
     hint = difflib.get_close_matches(key, list(allowed), n=1)
     suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
     return ConfigError(f"{path}: unknown key {key!r}{suggestion}")
@@ -248,7 +289,9 @@ def _parse_setting(raw: Mapping[str, Any], mode: str, module_name: str, index: i
         if key in ("sparse_ratio", "max_sparse_ratio", "min_sparse_ratio"):
             fields[key] = None if value is None else _check_ratio(value, key_path)
         elif key == "sparse_threshold":
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value)
+            ):
                 raise ConfigError(f"{key_path}: must be a number, got {value!r}")
             fields[key] = None if value is None else float(value)
         elif key in ("global_group_id", "dependency_group_id"):
@@ -278,14 +321,22 @@ def _check_extra(key: str, value: Any, path: str) -> Any:
         raise ConfigError(f"{path}: must look like 'int8' or 'uint4' (1-32 bits), got {value!r}")
     if key == "quant_scheme" and value not in ("affine", "symmetric"):
         raise ConfigError(f"{path}: must be 'affine' or 'symmetric', got {value!r}")
-    if key == "lambda" and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+    if key == "lambda" and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0
+    ):
         raise ConfigError(f"{path}: must be a non-negative number, got {value!r}")
     if key == "link" and not (
-        isinstance(value, str) or (isinstance(value, Sequence) and all(isinstance(v, str) for v in value))
+        (isinstance(value, str) and value)
+        or (isinstance(value, Sequence) and value and all(isinstance(v, str) and v for v in value))
     ):
-        raise ConfigError(f"{path}: must be a teacher module name or a list of them, got {value!r}")
+        raise ConfigError(f"{path}: must be a teacher module name or a non-empty list of them, got {value!r}")
     if key == "fuse_names" and not (
-        isinstance(value, Sequence) and all(isinstance(t, Sequence) and not isinstance(t, str) for t in value)
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(
+            isinstance(t, Sequence) and not isinstance(t, str) and t and all(isinstance(n, str) for n in t)
+            for t in value
+        )
     ):
         raise ConfigError(f"{path}: must be a list of tuples of module names, got {value!r}")
     return value
@@ -366,7 +417,7 @@ def canonicalize_config_list(
     """
     if mode not in MODE_KEYS:
         raise ValueError(f"mode must be one of {sorted(MODE_KEYS)}, got {mode!r}")
-    if isinstance(config_list, Mapping) or not isinstance(config_list, Sequence):
+    if isinstance(config_list, Mapping | str | bytes) or not isinstance(config_list, Sequence):
         raise ConfigError(f"config_list: must be a list of dicts, got {type(config_list).__name__}")
     allowed_top = (*COMMON_KEYS, *MODE_KEYS[mode], *MODE_LEGACY_KEYS[mode])
     result: dict[str, dict[str, TargetSetting]] = {}
@@ -377,19 +428,21 @@ def canonicalize_config_list(
             if key not in allowed_top:
                 raise _unknown_key(str(key), allowed_top, where(index, str(key)), mode)
         cfg = translate_legacy(dict(raw), index, mode)
+        exclude = cfg.get("exclude")
+        if exclude is not None and not isinstance(exclude, bool):
+            raise ConfigError(f"{where(index, 'exclude')}: must be true or false, got {exclude!r}")
         modules = select_modules(model, cfg, index)
-        if cfg.get("exclude"):
+        if exclude:
             extra_keys = [k for k in cfg if k not in SELECTOR_KEYS and k != "exclude"]
             if extra_keys:
                 raise ConfigError(f"{where(index, 'exclude')}: conflicts with {extra_keys[0]!r}; an exclude sub-config only selects")
             for name in modules:
                 result.pop(name, None)
             continue
-        if "exclude" in cfg and cfg["exclude"] not in (False, None):
-            raise ConfigError(f"{where(index, 'exclude')}: must be true or false")
         _apply_sub_config(result, cfg, modules, index, mode)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     _check_groups(result)
+    _check_aligns(model, result)
     return dict(sorted(result.items(), key=lambda kv: order[kv[0]]))
 
 
@@ -409,6 +462,58 @@ def _check_groups(result: dict[str, dict[str, TargetSetting]]) -> None:
                         f"but {first[2]} (config_list[{first[1]}]) asks {first[0]} in the same {key} {group!r}; "
                         "members of a group share one ratio"
                     )
+
+
+def _check_aligns(model: nn.Module, result: dict[str, dict[str, TargetSetting]]) -> None:
+    """Every ``align`` must name a compressed target of a module of the model, and dims it has."""
+    modules = dict(model.named_modules())
+    for module_name, targets in result.items():
+        for target, setting in targets.items():
+            align = setting.align
+            if align is None:
+                continue
+            path = where(setting.source, "align")
+            of = f"{module_name}.{target}"
+            if align.module_name not in modules:
+                hint = difflib.get_close_matches(align.module_name, [n for n in modules if n], n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(
+                    f"{path}.module_name: {of} aligns with {align.module_name!r}, no module of the model{suggestion}"
+                )
+            source_module = modules[align.module_name]
+            if not is_io_target(align.target_name):
+                value = getattr(source_module, align.target_name, None)
+                if not isinstance(value, torch.Tensor):
+                    names = [n for n, _ in source_module.named_parameters(recurse=False)]
+                    names += [n for n, _ in source_module.named_buffers(recurse=False)]
+                    hint = difflib.get_close_matches(align.target_name, names, n=1)
+                    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                    raise ConfigError(
+                        f"{path}.target_name: {of} aligns with {align.target_name!r}, which "
+                        f"{align.module_name!r} does not have{suggestion}"
+                    )
+                bad = [d for d in align.dims if not -value.dim() <= d < value.dim()]
+                if bad:
+                    raise ConfigError(
+                        f"{path}.dims: {of} aligns with dims {list(align.dims)} but "
+                        f"{align.module_name}.{align.target_name} has {value.dim()} dims {tuple(value.shape)}"
+                    )
+            if align.target_name not in result.get(align.module_name, {}):
+                raise ConfigError(
+                    f"{path}: {of} aligns with {align.module_name}.{align.target_name}, which this config list "
+                    "does not compress (select it in a sub-config too)"
+                )
+    for module_name, targets in result.items():
+        for target, setting in targets.items():
+            chain = [(module_name, target)]
+            link = setting.align
+            while link is not None:
+                step = (link.module_name, link.target_name)
+                if step in chain:
+                    names = " -> ".join(f"{m}.{t}" for m, t in [*chain, step])
+                    raise ConfigError(f"{where(setting.source, 'align')}: alignment cycle {names}; one must be ranked")
+                chain.append(step)
+                link = result[step[0]][step[1]].align
 
 
 def _apply_sub_config(
@@ -433,12 +538,27 @@ def _apply_sub_config(
             raise ConfigError(f"{where(index, f'target_settings.{target}')}: must be a dict of settings")
         if explicit_targets is not None and target not in explicit_targets:
             raise ConfigError(f"{where(index, f'target_settings.{target}')}: {target!r} is not in target_names")
+    if per_module_max:
+        for name, value in per_module_max.items():
+            _check_ratio(value, where(index, f"max_sparsity_per_layer.{name}"))
+            if name not in modules:
+                warnings.warn(
+                    f"{where(index, 'max_sparsity_per_layer')}: {name!r} is no module this sub-config selects",
+                    ConfigWarning,
+                    stacklevel=4,
+                )
+    _check_fuse_names(cfg.get("fuse_names"), modules, index)
     found_any: dict[str, bool] = {}
     for module_name, module in modules.items():
-        targets = explicit_targets if explicit_targets is not None else _default_targets(module, mode)
+        if explicit_targets is not None:
+            targets = explicit_targets
+        else:
+            # As in NNI: the module's default targets plus any target that target_settings names.
+            targets = _default_targets(module, mode)
+            targets += [t for t in target_settings if t not in targets]
         out_dim, _ = channel_dims(module)
         for target in targets:
-            path = where(index, "target_names")
+            path = where(index, "target_names" if explicit_targets is not None else f"target_settings.{target}")
             present = _check_target_name(module, module_name, target, path)
             found_any[target] = found_any.get(target, False) or present
             if not present:
@@ -449,6 +569,7 @@ def _apply_sub_config(
                 mode == "pruning"
                 and target == "bias"
                 and "weight" in targets
+                and isinstance(getattr(module, "weight", None), torch.Tensor)
                 and not any(k in explicit for k in ("sparse_ratio", "sparse_threshold"))
             ):
                 # A bias follows its weight's output channels unless told otherwise.
@@ -463,11 +584,40 @@ def _apply_sub_config(
                 )
             setting = TargetSetting(source=index, **fields)
             _validate_targets_setting(setting, target, module_name, mode, where(index))
+            _check_block_granularity(setting, module, module_name, target, where(index, "granularity"))
             result.setdefault(module_name, {})[target] = setting
-    if explicit_targets is not None:
-        for target in explicit_targets:
-            if modules and not found_any.get(target, False):
-                raise ConfigError(
-                    f"{where(index, 'target_names')}: no selected module has a target {target!r} "
-                    f"(selected: {sorted(modules)[:5]})"
-                )
+    named = explicit_targets if explicit_targets is not None else list(target_settings)
+    for target in named:
+        if modules and not found_any.get(target, False):
+            key = "target_names" if explicit_targets is not None else f"target_settings.{target}"
+            raise ConfigError(
+                f"{where(index, key)}: no selected module has a target {target!r} "
+                f"(selected: {sorted(modules)[:5]})"
+            )
+
+
+def _check_block_granularity(
+    setting: TargetSetting, module: nn.Module, module_name: str, target: str, path: str
+) -> None:
+    """A block granularity may not have more axes than the parameter it applies to."""
+    gran = setting.granularity
+    if not isinstance(gran, tuple) or is_io_target(target):
+        return
+    value = getattr(module, target)
+    if len(gran) > value.dim():
+        raise ConfigError(
+            f"{path}: block {list(gran)} has {len(gran)} axes but {module_name}.{target} has {value.dim()} "
+            f"{tuple(value.shape)}"
+        )
+
+
+def _check_fuse_names(fuse_names: Any, modules: Mapping[str, nn.Module], index: int) -> None:
+    """The first name of each fuse_names tuple must be a module this sub-config selects."""
+    if not modules or not fuse_names or not isinstance(fuse_names, Sequence):
+        return
+    for group in fuse_names:
+        if isinstance(group, Sequence) and not isinstance(group, str) and group and group[0] not in modules:
+            raise ConfigError(
+                f"{where(index, 'fuse_names')}: {group[0]!r} (first of {list(group)}) is no module this "
+                f"sub-config selects (selected: {sorted(modules)[:5]})"
+            )

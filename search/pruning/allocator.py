@@ -267,31 +267,53 @@ class SparsityAllocator:
     def special_target_masks_generation(self, masks: Masks) -> Masks:
         """Masks for targets whose setting has ``align`` (bias after weight, BN after conv...)."""
         wrappers = self.pruner.get_modules_wrapper()
-        for module, targets in self.pruner.module_configs.items():
-            for target, setting in targets.items():
+        pending = [
+            (module, target, setting)
+            for module, targets in self.pruner.module_configs.items()
+            for target, setting in targets.items()
+            if setting.align is not None
+        ]
+        # A source may itself be aligned (and come later in module order): repeat until no progress.
+        while pending:
+            waiting = []
+            for module, target, setting in pending:
                 align = setting.align
-                if align is None:
-                    continue
+                assert align is not None
                 source = masks.get(align.module_name, {}).get(align.target_name)
                 if source is None and align.module_name in wrappers:
                     source = wrappers[align.module_name].get_mask(align.target_name)
                 if source is None:
+                    waiting.append((module, target, setting))
                     continue
-                dims = [d % source.dim() for d in align.dims]
-                others = [d for d in range(source.dim()) if d not in dims]
-                reduced = source.amax(dim=others) if others else source
-                if dims != sorted(dims):
-                    reduced = reduced.permute([sorted(dims).index(d) for d in dims])
-                shape = self.pruner.get_target_shape(module, target, None)
-                if is_io_target(target):
-                    masks.setdefault(module, {})[target] = reduced.reshape(
-                        list(reduced.shape) + [1] * self.pruner.trailing_axes(module)
-                    )
-                    continue
-                if reduced.numel() != math.prod(shape):
-                    raise ConfigError(
-                        f"config_list[{setting.source}].align: {module}.{target} {tuple(shape)} cannot follow "
-                        f"dims {list(align.dims)} of {align.module_name}.{align.target_name} {tuple(source.shape)}"
-                    )
-                masks.setdefault(module, {})[target] = reduced.reshape(shape).float()
+                masks.setdefault(module, {})[target] = self._aligned_mask(module, target, setting, source)
+            if len(waiting) == len(pending):
+                break
+            pending = waiting
         return masks
+
+    def _aligned_mask(self, module: str, target: str, setting: TargetSetting, source: Tensor) -> Tensor:
+        """``target``'s mask from ``source``: a position is masked when all of it in ``source`` is."""
+        align = setting.align
+        assert align is not None
+        bad = [d for d in align.dims if not -source.dim() <= d < source.dim()]
+        if bad:
+            raise ConfigError(
+                f"config_list[{setting.source}].align.dims: {module}.{target} aligns with dims {list(align.dims)} "
+                f"but {align.module_name}.{align.target_name} has {source.dim()} dims {tuple(source.shape)}"
+            )
+        dims = [d % source.dim() for d in align.dims]
+        others = [d for d in range(source.dim()) if d not in dims]
+        reduced = source.amax(dim=others) if others else source
+        if dims != sorted(dims):
+            reduced = reduced.permute([sorted(dims).index(d) for d in dims])
+        if is_io_target(target):
+            # Activation masks broadcast over the batch axis (and a conv's spatial axes); their
+            # shape is unknown until data passes, so it is not needed here.
+            return reduced.reshape(list(reduced.shape) + [1] * self.pruner.trailing_axes(module)).float()
+        shape = self.pruner.get_target_shape(module, target, None)
+        if reduced.numel() != math.prod(shape):
+            raise ConfigError(
+                f"config_list[{setting.source}].align: {module}.{target} {tuple(shape)} cannot follow "
+                f"dims {list(align.dims)} of {align.module_name}.{align.target_name} {tuple(source.shape)}"
+            )
+        return reduced.reshape(shape).float()

@@ -45,12 +45,15 @@ class Pruner:
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]], *, align_norms: bool = True) -> None:
         self.bound_model = model
+        configs = canonicalize_config_list(model, config_list, mode="pruning")
         self.config_list = [dict(c) for c in config_list]
-        configs = canonicalize_config_list(model, self.config_list, mode="pruning")
         self.module_configs: dict[str, dict[str, TargetSetting]] = self._resolve_defaults(configs)
         if align_norms:
             add_norm_alignments(model, self.module_configs, self.is_channel_pruned)
         self._modules: dict[str, nn.Module] = dict(model.named_modules())
+        # Aligned norms are appended; keep wrappers, masks and reports in the model's module order.
+        order = {name: i for i, name in enumerate(self._modules)}
+        self.module_configs = dict(sorted(self.module_configs.items(), key=lambda kv: order[kv[0]]))
         self._wrappers: OrderedDict[str, ModuleWrapper] = OrderedDict()
         self._masks: Masks = {}
         self._io_shapes: dict[tuple[str, str], tuple[int, ...]] = {}

@@ -30,7 +30,12 @@ from torch import Tensor, nn
 from search.config import TargetSetting
 from search.pruning.allocator import SparsityAllocator
 from search.pruning.base import BasicPruner
-from search.pruning.tools import DataCollector, DistMetricsCalculator, IdentityMetricsCalculator, NormMetricsCalculator
+from search.pruning.tools import (
+    DataCollector,
+    DistMetricsCalculator,
+    IdentityMetricsCalculator,
+    NormMetricsCalculator,
+)
 
 __all__ = ["InTrainingPruner"]
 
@@ -87,8 +92,12 @@ class InTrainingPruner(BasicPruner):
         for name, value in (("step_interval", step_interval), ("num_trials", num_trials)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if ema_alpha is not None and not 0 <= ema_alpha < 1:
-            raise ValueError(f"ema_alpha must be in [0, 1), got {ema_alpha}")
+        if ema_alpha is not None and (
+            isinstance(ema_alpha, bool) or not isinstance(ema_alpha, int | float) or not 0 <= ema_alpha < 1
+        ):
+            raise ValueError(f"ema_alpha must be a number in [0, 1) or None, got {ema_alpha!r}")
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"start_step must be a non-negative int, got {start_step!r}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.default_granularity = "element" if criterion == "level" else "out_channel"

@@ -11,6 +11,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from search.config import ConfigError
 from search.pruning.allocator import SparsityAllocator
 from search.pruning.base import BasicPruner
 from search.pruning.tools import DistMetricsCalculator, NormMetricsCalculator, TargetDataCollector
@@ -54,6 +60,16 @@ class L2NormPruner(NormPruner):
 
 class FPGMPruner(BasicPruner):
     """Masks the channels nearest the geometric median of their layer (He et al., FPGM, CVPR 2019)."""
+
+    def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:
+        super().__init__(model, config_list, **kwargs)
+        for name, target in self.metric_targets():
+            setting = self.get_target_setting(name, target)
+            if setting.granularity not in ("out_channel", "in_channel", "per_channel"):
+                raise ConfigError(
+                    f"config_list[{setting.source}].granularity: FPGMPruner ranks whole channels; "
+                    f"{name}.{target} asks {setting.granularity!r} (use 'out_channel' or 'in_channel')"
+                )
 
     def reset_tools(self) -> None:
         self.data_collector = TargetDataCollector(self)

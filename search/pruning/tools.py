@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 Data = dict[str, dict[str, Any]]
-Scalers = Union[Scaling, Mapping[str, Mapping[str, Scaling]], Callable[[str, str], Scaling], None]
+Scalers = Scaling | Mapping[str, Mapping[str, Scaling]] | Callable[[str, str], Scaling] | None
 _IDENTITY = Scaling([1])
 
 
@@ -60,7 +60,7 @@ class DataCollector(ABC):
     def __init__(self, compressor: Pruner) -> None:
         self.compressor = compressor
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 (optional hook, empty by default)
         """Drop collected state before a new ``collect()`` (called by the pruner)."""
 
     @abstractmethod
@@ -158,6 +158,10 @@ class DistMetricsCalculator(MetricsCalculator):
                 x = value.detach().float()
                 shrunk = scaling.shrunk_shape(x.shape)
                 kept_axes = [i for i, n in enumerate(shrunk) if n != 1]
+                if not kept_axes:
+                    # A single block (e.g. a layer with one output channel): nothing to rank.
+                    metrics.setdefault(module, {})[target] = x.new_zeros(shrunk)
+                    continue
                 if len(kept_axes) != 1 or shrunk[kept_axes[0]] != x.shape[kept_axes[0]]:
                     raise ConfigError(
                         f"{module}.{target}: FPGM ranks whole channels; granularity must be "
