@@ -15,7 +15,15 @@ Example:
 
 from __future__ import annotations
 
+from search.speedup.dependency import auto_set_dependency_group_ids, channel_groups
 from search.speedup.report import ModuleRow, SpeedupReport
 from search.speedup.speedup import ModelSpeedup, SpeedupError
 
-__all__ = ["ModelSpeedup", "ModuleRow", "SpeedupError", "SpeedupReport"]
+__all__ = [
+    "ModelSpeedup",
+    "ModuleRow",
+    "SpeedupError",
+    "SpeedupReport",
+    "auto_set_dependency_group_ids",
+    "channel_groups",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,18 @@ from torch.fx.node import map_aggregate
 from search.speedup.graph import ChannelGraph, Value
 from search.speedup.trace import TracedModel
 
-__all__ = ["Analyzer"]
+__all__ = ["Analyzer", "Fold"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """``module`` can absorb constant input slices of ``value`` on ``axis`` into its bias."""
+
+    module_name: str
+    value: Value
+    axis: int
 
 
 def slice_zero(t: torch.Tensor, axis: int) -> np.ndarray:
@@ -46,6 +56,7 @@ class Analyzer:
         self.params: dict[tuple[str, str], Value] = {}
         self.backward: list[Callable[[], None]] = []
         self.unsupported: dict[str, str] = {}
+        self.folds: list[Fold] = []
 
     # -- helpers used by rules --------------------------------------------------------------------
     def concrete(self, a: Any) -> Any:

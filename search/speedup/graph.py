@@ -25,7 +25,17 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["Value", "ChannelGraph"]
+__all__ = ["Value", "ChannelGraph", "carry"]
+
+
+def carry(out: Value, b: int, x: Value, a: int, positions: np.ndarray | None = None) -> None:
+    """``out``'s slices on axis ``b`` are ``x``'s slices on axis ``a`` (at ``positions``)."""
+    if positions is None:
+        out.zero[b] = x.zero[a].copy()
+        out.const[b] = x.const[a].copy()
+    else:
+        out.zero[b] = x.zero[a][positions]
+        out.const[b] = x.const[a][positions]
 
 
 @dataclass
@@ -38,12 +48,18 @@ class Value:
     is_param: bool = False
     zero: list[np.ndarray] = field(default_factory=list)
     ignored: list[np.ndarray] = field(default_factory=list)
+    #: per axis, the constant value of each slice where known (NaN: unknown; zero slices are 0)
+    const: list[np.ndarray] = field(default_factory=list)
     consumed: bool = False
     producer: str = ""
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    def constants(self, axis: int) -> np.ndarray:
+        """Known constant of each slice on ``axis`` (0 where zero, NaN where unknown)."""
+        return np.where(self.zero[axis], 0.0, self.const[axis])
 
     def ids(self, axis: int) -> np.ndarray:
         return np.arange(self.offsets[axis], self.offsets[axis] + self.shape[axis])
@@ -68,6 +84,7 @@ class ChannelGraph:
             self.size += int(n)
         value = Value(key=key, shape=tuple(int(n) for n in shape), offsets=offsets, is_param=is_param, producer=producer)
         value.zero = [np.zeros(n, dtype=bool) for n in value.shape]
+        value.const = [np.full(n, np.nan) for n in value.shape]
         # Ignored until a consumer says otherwise; model outputs are marked used explicitly.
         value.ignored = [np.ones(n, dtype=bool) for n in value.shape]
         self.values.append(value)

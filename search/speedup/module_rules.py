@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from search.speedup.analyze import Analyzer
+from search.speedup.analyze import Analyzer, Fold
 from search.speedup.graph import Value
 from search.speedup.rules import _reshape, along_axis, spatial, unary
 
@@ -24,6 +24,12 @@ SPATIAL_MODULES = (
     nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
     nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
     nn.ReplicationPad3d, nn.LPPool1d, nn.LPPool2d,
+)
+CONST_KEEPING_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
+    nn.ReplicationPad2d, nn.ReplicationPad3d,
 )
 #: Module types whose parameters speedup knows how to slice (attributes updated to match).
 SHRINKABLE_MODULES = (
@@ -44,7 +50,7 @@ def module_rule(an: Analyzer, node: fx.Node) -> bool:
         if not isinstance(x, Value):
             return False
         return linear_like(an, node, x, an.param(name, "weight"), an.param(name, "bias"), m.weight.detach(),
-                           None if m.bias is None else m.bias.detach())
+                           None if m.bias is None else m.bias.detach(), fold_into=name)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
         return _conv_transpose(an, node, m, x)
     if isinstance(m, nn.modules.conv._ConvNd):
@@ -65,7 +71,8 @@ def module_rule(an: Analyzer, node: fx.Node) -> bool:
         return along_axis(an, node, node.args[0], m.dim, False, type(m).__name__)
     if isinstance(m, SPATIAL_MODULES):
         zero_keeping = not isinstance(m, nn.modules.padding._ConstantPadNd) or getattr(m, "value", 0) == 0
-        return spatial(an, node, zero_keeping=zero_keeping)
+        keeps_const = isinstance(m, CONST_KEEPING_MODULES)
+        return spatial(an, node, zero_keeping=zero_keeping, const_keeping=keeps_const)
     if isinstance(m, ELEMENTWISE_MODULES) and isinstance(x, Value) and len(node.args) == 1:
         return unary(an, node, node.args[0])  # type: ignore[arg-type]
     return False
@@ -79,6 +86,7 @@ def linear_like(
     b: Value | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
+    fold_into: str | None = None,
 ) -> bool:
     out_shape = an.shape_of(node)
     if out_shape is None or w is None or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
@@ -97,10 +105,21 @@ def linear_like(
     out.zero[-1] = row_zero & bias_zero
     for a in range(nd - 1):
         out.zero[a] = x.zero[a] & bool(bias_zero.all())
+    c = x.constants(nd - 1)
+    known = ~np.isnan(c)
+    if known.any():
+        w64 = weight.double().cpu()
+        row_ok = (w64[:, torch.from_numpy(~known)] == 0).all(dim=1).numpy()
+        bvec = np.zeros(weight.shape[0]) if bias is None else bias.double().cpu().numpy()
+        out.const[-1] = np.where(row_ok, bvec + (w64 @ torch.from_numpy(np.nan_to_num(c))).numpy(), np.nan)
+    if fold_into is not None:
+        an.folds.append(Fold(fold_into, x, nd - 1))
 
     def back() -> None:
         live = torch.from_numpy(~out.ignored[-1])
         col_zero = (weight[live] == 0).all(dim=0).cpu().numpy()
+        if fold_into is not None:
+            col_zero = col_zero | ~np.isnan(x.constants(nd - 1))
         an.use(x, nd - 1, col_zero)
         for a in range(nd - 1):
             an.use(x, a, out.ignored[a])
@@ -134,14 +153,30 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
     w_row_zero = (weight == 0).flatten(1).all(dim=1).cpu().numpy()
     if cax == 1:
         out.zero[0] = x.zero[0] & bool(bias_zero.all())
+    bvec = np.zeros(cout) if bias is None else bias.double().cpu().numpy()
+    no_pad = _constant_safe(m)
     if groups == 1:
         an.g.link(w, 1, x, cax)
         nz_in = torch.from_numpy(~x.zero[cax])
-        out.zero[cax] = (weight[:, nz_in] == 0).flatten(1).all(dim=1).cpu().numpy() & bias_zero
+        only_bias = (weight[:, nz_in] == 0).flatten(1).all(dim=1).cpu().numpy()
+        out.zero[cax] = only_bias & bias_zero
+        c = x.constants(cax)
+        known = ~np.isnan(c)
+        out.const[cax] = np.where(only_bias, bvec, np.nan)
+        if no_pad and known.any():
+            wsum = weight.double().flatten(2).sum(dim=2).cpu()
+            row_ok = (wsum[:, torch.from_numpy(~known)] == 0).all(dim=1).numpy() & (
+                (weight[:, torch.from_numpy(~known)] == 0).flatten(1).all(dim=1).cpu().numpy()
+            )
+            out.const[cax] = np.where(row_ok, bvec + (wsum @ torch.from_numpy(np.nan_to_num(c))).numpy(), out.const[cax])
+        if no_pad:
+            an.folds.append(Fold(name, x, cax))
 
         def back() -> None:
             live = torch.from_numpy(~out.ignored[cax])
             col_zero = (weight[live] == 0).transpose(0, 1).flatten(1).all(dim=1).cpu().numpy()
+            if no_pad:
+                col_zero = col_zero | ~np.isnan(x.constants(cax))
             an.use(x, cax, col_zero)
             _use_rest(an, x, out, cax)
 
@@ -150,6 +185,11 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
         mapping = np.arange(cout) // k
         an.g.link(x, cax, out, cax, mapping)
         out.zero[cax] = (w_row_zero | x.zero[cax][mapping]) & bias_zero
+        out.const[cax] = np.where(w_row_zero | x.zero[cax][mapping], bvec, np.nan)
+        if no_pad:
+            wsum = weight.double().flatten(1).sum(dim=1).cpu().numpy()
+            cin_const = x.constants(cax)[mapping]
+            out.const[cax] = np.where(np.isnan(cin_const), out.const[cax], bvec + wsum * np.nan_to_num(cin_const))
 
         def back() -> None:
             verdict = (out.ignored[cax] | w_row_zero).reshape(cin, k).all(axis=1)
@@ -168,6 +208,16 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
 
     an.on_backward(back)
     return True
+
+
+def _constant_safe(m: nn.modules.conv._ConvNd) -> bool:
+    """A constant input channel gives a constant output channel (no zero padding at borders)."""
+    if m.padding_mode != "zeros":
+        return True
+    pad = m.padding
+    return pad == "valid" or (isinstance(pad, tuple | list) and all(p == 0 for p in pad)) or (
+        pad == "same" and all(k == 1 for k in m.kernel_size)
+    )
 
 
 def _use_rest(an: Analyzer, x: Value, out: Value, cax: int) -> None:
@@ -248,6 +298,11 @@ def _channel_norm(an: Analyzer, node: fx.Node, m: nn.Module, x: Value | None) ->
     scale_zero = (scale == 0).numpy()
     shift_zero = (shift == 0).numpy()
     out.zero[cax] = (scale_zero & shift_zero) | (x.zero[cax] & shift_zero)
+    sc, sh = scale.double().numpy(), shift.double().numpy()
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and rm is not None:
+        out.const[cax] = np.where(scale_zero, sh, x.constants(cax) * sc + sh)
+    else:  # per-instance statistics: a constant slice normalises to zero
+        out.const[cax] = np.where(scale_zero | ~np.isnan(x.constants(cax)), sh, np.nan)
     for a in range(x.ndim):
         if a != cax:
             out.zero[a] = x.zero[a] & bool(shift_zero.all())

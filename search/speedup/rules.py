@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from search.speedup.analyze import Analyzer, _has_tensor, _values_in
-from search.speedup.graph import Value
+from search.speedup.analyze import Analyzer, _has_tensor
+from search.speedup.graph import Value, carry
 
 __all__ = ["dispatch", "op_name"]
 
@@ -79,7 +79,8 @@ def dispatch(an: Analyzer, node: fx.Node) -> bool:
     if name in ALONG_DIM:
         return _along_dim(an, node, ALONG_DIM[name])
     if name in SPATIAL:
-        return spatial(an, node, zero_keeping=True)
+        keeps_const = name.startswith(("adaptive", "max_pool", "interpolate", "upsample"))
+        return spatial(an, node, zero_keeping=True, const_keeping=keeps_const)
     return False
 
 
@@ -141,6 +142,7 @@ def unary(an: Analyzer, node: fx.Node, inp: fx.Node | None) -> bool:
         an.g.link(x, a, out, a)
         if keeps_zero:
             out.zero[a] = x.zero[a].copy()
+        out.const[a] = _unary_constants(an, node, inp, x, a)  # type: ignore[arg-type]
 
     def back() -> None:
         for a in range(x.ndim):
@@ -148,6 +150,40 @@ def unary(an: Analyzer, node: fx.Node, inp: fx.Node | None) -> bool:
 
     an.on_backward(back)
     return True
+
+
+def _unary_constants(an: Analyzer, node: fx.Node, inp: fx.Node, x: Value, axis: int) -> np.ndarray:
+    """Constants of ``f(x)`` slices where ``x``'s slices are constant (evaluated numerically)."""
+    c = x.constants(axis)
+    known = ~np.isnan(c)
+    result = np.full(x.shape[axis], np.nan)
+    meta = an.traced.values.get(inp.name)
+    if not known.any() or not isinstance(meta, torch.Tensor) or not meta.is_floating_point():
+        return result
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    probe = torch.from_numpy(c).to(meta.dtype).reshape(shape).expand(meta.shape).contiguous()
+    try:
+        out = _call_with(an, node, inp, probe)
+    except Exception:
+        return result
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        return result
+    dims = [d for d in range(x.ndim) if d != axis]
+    lo = out.amin(dim=dims).double().numpy() if dims else out.double().numpy()
+    hi = out.amax(dim=dims).double().numpy() if dims else lo
+    same = known & (lo == hi) & ~np.isnan(lo)
+    result[same] = lo[same]
+    return result
+
+
+def _region_const(v: Value, a: int, n: int) -> np.ndarray:
+    if a < 0:
+        return np.full(n, np.nan)
+    c = v.constants(a)
+    if v.shape[a] == n:
+        return c
+    return np.full(n, c[0] if c.size == 1 else np.nan)
 
 
 def _aligned_axis(v: Value, out_ndim: int, b: int) -> int:
@@ -178,12 +214,22 @@ def elementwise(an: Analyzer, node: fx.Node, tensor_nodes: list[fx.Node], kind: 
             if a >= 0 and v.shape[a] == n and n > 1:
                 an.g.link(v, a, out, b)
         zs = [_region_zero(v, _aligned_axis(v, n_out, b), n) for v in ins]
-        if kind == "add":
-            out.zero[b] = np.logical_and.reduce(zs)
-        elif kind == "mul":
-            out.zero[b] = np.logical_or.reduce(zs)
-        elif kind == "div":
-            out.zero[b] = zs[0].copy()
+        cs = [_region_const(v, _aligned_axis(v, n_out, b), n) for v in ins]
+        scalar = _scalar_operand(an, node)
+        with np.errstate(all="ignore"):
+            if kind == "add":
+                out.zero[b] = np.logical_and.reduce(zs)
+                sign = -1.0 if op_name(node) in ("sub", "isub", "sub_") else 1.0
+                if len(cs) == 2 and scalar is None:
+                    out.const[b] = cs[0] + sign * cs[1]
+            elif kind == "mul":
+                out.zero[b] = np.logical_or.reduce(zs)
+                if scalar is None:
+                    out.const[b] = np.prod(cs, axis=0)
+            elif kind == "div":
+                out.zero[b] = zs[0].copy()
+                if len(cs) == 2 and scalar is None:
+                    out.const[b] = cs[0] / cs[1]
 
     def back() -> None:
         for i, v in enumerate(ins):
@@ -203,20 +249,30 @@ def elementwise(an: Analyzer, node: fx.Node, tensor_nodes: list[fx.Node], kind: 
     return True
 
 
-def spatial(an: Analyzer, node: fx.Node, zero_keeping: bool) -> bool:
+def _scalar_operand(an: Analyzer, node: fx.Node) -> Any:
+    """A non-tensor operand of a binary op (it makes constant propagation unsafe to guess)."""
+    for a in node.args:
+        if not isinstance(a, fx.Node) and isinstance(a, int | float):
+            return a
+    return None
+
+
+def spatial(an: Analyzer, node: fx.Node, zero_keeping: bool, const_keeping: bool = False) -> bool:
     """Pooling / interpolation / padding: batch and channel axes map one to one, others are new."""
     inp = _flat_args(node)[0] if _flat_args(node) else None
     x = an.value_of(inp) if inp is not None else None
     out_shape = an.shape_of(node)
     if not isinstance(x, Value) or out_shape is None or len(out_shape) != x.ndim or x.ndim < 2:
         return False
+    if any(x.shape[a] != out_shape[a] for a in (0, 1)):
+        return False
     out = an.new(node)
     for a in (0, 1):
-        if x.shape[a] != out_shape[a]:
-            return False
         an.g.link(x, a, out, a)
         if zero_keeping:
             out.zero[a] = x.zero[a].copy()
+        if const_keeping:
+            out.const[a] = x.const[a].copy()
 
     def back() -> None:
         for a in (0, 1):
@@ -261,6 +317,8 @@ def _reduce(an: Analyzer, node: fx.Node, zero_keeping: bool) -> bool:
         an.g.link(x, a, out, b)
         if zero_keeping:
             out.zero[b] = x.zero[a].copy()
+        if op_name(node) in ("mean", "amax", "amin", "nanmean"):
+            out.const[b] = x.const[a].copy()
 
     def back() -> None:
         for a in kept:
@@ -340,7 +398,7 @@ def _permute(an: Analyzer, node: fx.Node) -> bool:
     out = an.new(node)
     for b, a in enumerate(perm):
         an.g.link(x, a, out, b)
-        out.zero[b] = x.zero[a].copy()
+        carry(out, b, x, a)
 
     def back() -> None:
         for b, a in enumerate(perm):
@@ -418,7 +476,7 @@ def _reshape(an: Analyzer, node: fx.Node) -> bool:
         if len(ia) == 1 and len(oa) == 1:
             a, b = ia[0], oa[0]
             an.g.link(x, a, out, b)
-            out.zero[b] = x.zero[a].copy()
+            carry(out, b, x, a)
             if b in literal:
                 an.g.pin(out, b, f"literal size {out_shape[b]} in {op_name(node)} at node {node.name}")
             backs.append(lambda a=a, b=b: an.use(x, a, out.ignored[b]))
@@ -428,7 +486,7 @@ def _reshape(an: Analyzer, node: fx.Node) -> bool:
             inner = math.prod(x.shape[k] for k in ia[1:])
             mapping = np.arange(out_shape[b]) // inner
             an.g.link(x, a0, out, b, mapping)
-            out.zero[b] = x.zero[a0][mapping]
+            carry(out, b, x, a0, mapping)
             for k in ia[1:]:
                 an.g.pin(x, k, f"inner axis of a merge in {op_name(node)} at node {node.name}")
             if b in literal:
@@ -515,13 +573,13 @@ def _getitem(an: Analyzer, node: fx.Node) -> bool:
         if isinstance(i, slice):
             if i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1)):
                 an.g.link(x, a, out, b)
-                out.zero[b] = x.zero[a].copy()
+                carry(out, b, x, a)
                 pairs.append((a, b))
             else:
                 positions = np.arange(x.shape[a])[i]
                 an.g.link(x, a, out, b, positions)
                 an.g.pin(x, a, f"slice {i} at node {node.name}")
-                out.zero[b] = x.zero[a][positions]
+                carry(out, b, x, a, positions)
             a += 1
             b += 1
             continue
@@ -555,6 +613,7 @@ def _cat(an: Analyzer, node: fx.Node) -> bool:
             if b != dim:
                 an.g.link(v, b, out, b)
     out.zero[dim] = np.concatenate([v.zero[dim] for v in ins])
+    out.const[dim] = np.concatenate([v.const[dim] for v in ins])
     for b in range(len(out_shape)):
         if b != dim:
             out.zero[b] = np.logical_and.reduce([v.zero[b] for v in ins])
@@ -592,11 +651,11 @@ def _chunk(an: Analyzer, node: fx.Node) -> bool:
         items.append(v)
         positions = offset + np.arange(sizes[k])
         an.g.link(x, dim, v, dim, positions)
-        v.zero[dim] = x.zero[dim][positions]
+        carry(v, dim, x, dim, positions)
         for b in range(x.ndim):
             if b != dim:
                 an.g.link(x, b, v, b)
-                v.zero[b] = x.zero[b].copy()
+                carry(v, b, x, b)
         if not symmetric:
             an.g.pin(v, dim, f"{name} at literal boundaries at node {node.name}")
         backs.append((v, positions))
@@ -727,7 +786,7 @@ def _expand(an: Analyzer, node: fx.Node) -> bool:
         a = b - (n_out - x.ndim)
         if a >= 0 and x.shape[a] == out_shape[b]:
             an.g.link(x, a, out, b)
-            out.zero[b] = x.zero[a].copy()
+            carry(out, b, x, a)
             pairs.append((a, b))
             if b in literal and out_shape[b] > 1:
                 an.g.pin(out, b, f"literal size in expand at node {node.name}")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from search.speedup.analyze import Fold
 from search.speedup.graph import Value
 
 __all__ = ["Change", "apply_removal", "rollback"]
@@ -40,11 +41,48 @@ def _set_tensor(module: nn.Module, attr: str, new: torch.Tensor) -> None:
         setattr(module, attr, new)
 
 
+def _change(changes: dict[str, Change], module_name: str, module: nn.Module) -> Change:
+    return changes.setdefault(
+        module_name, Change(module_name, module, attrs={a: getattr(module, a) for a in _ATTRS if hasattr(module, a)})
+    )
+
+
+def apply_folds(
+    modules: dict[str, nn.Module], folds: list[Fold], removable: np.ndarray, changes: dict[str, Change]
+) -> set[str]:
+    """Add removed constant input slices into the consumer's bias (before any slicing)."""
+    created: set[str] = set()
+    for fold in folds:
+        c = fold.value.constants(fold.axis)
+        selected = removable[fold.value.ids(fold.axis)] & ~np.isnan(c) & (c != 0)
+        if not selected.any():
+            continue
+        module = modules[fold.module_name]
+        weight = module.weight.detach()
+        idx = torch.as_tensor(np.nonzero(selected)[0], device=weight.device)
+        values = torch.as_tensor(c[selected], dtype=weight.dtype, device=weight.device)
+        cols = weight.index_select(1, idx)
+        contrib = (cols.flatten(2).sum(dim=2) if cols.dim() > 2 else cols) @ values
+        change = _change(changes, fold.module_name, module)
+        bias = module.bias
+        change.tensors.setdefault("bias", bias)
+        if bias is None:
+            created.add(fold.module_name)
+            module.bias = nn.Parameter(contrib.clone(), requires_grad=weight.requires_grad)
+        else:
+            module.bias = nn.Parameter(bias.detach() + contrib, requires_grad=bias.requires_grad)
+    return created
+
+
 def apply_removal(
-    modules: dict[str, nn.Module], params: dict[tuple[str, str], Value], removable: np.ndarray
+    modules: dict[str, nn.Module],
+    params: dict[tuple[str, str], Value],
+    removable: np.ndarray,
+    folds: list[Fold] | None = None,
 ) -> dict[str, Change]:
     """Remove the positions marked ``removable`` from every parameter/buffer; returns the changes."""
     changes: dict[str, Change] = {}
+    created = apply_folds(modules, folds or [], removable, changes)
     for (module_name, attr), pv in params.items():
         keeps = {}
         for axis in range(pv.ndim):
@@ -55,15 +93,17 @@ def apply_removal(
             continue
         module = modules[module_name]
         tensor = getattr(module, attr)
-        change = changes.setdefault(
-            module_name,
-            Change(module_name, module, attrs={a: getattr(module, a) for a in _ATTRS if hasattr(module, a)}),
-        )
+        change = _change(changes, module_name, module)
         change.tensors.setdefault(attr, tensor)
         new = tensor.detach()
         for axis, keep in keeps.items():
             new = new.index_select(axis, torch.as_tensor(keep, dtype=torch.long, device=new.device))
         _set_tensor(module, attr, new.clone())
+        if attr == "weight" and module_name in created and 0 in keeps:
+            # a bias born from folding follows the weight's output rows
+            bias = module.bias
+            keep0 = torch.as_tensor(keeps[0], dtype=torch.long, device=bias.device)
+            module.bias = nn.Parameter(bias.detach().index_select(0, keep0), requires_grad=bias.requires_grad)
     for change in changes.values():
         _update_attributes(change)
     return changes
@@ -103,8 +143,9 @@ def rollback(changes: dict[str, Change]) -> None:
     """Undo :func:`apply_removal`."""
     for change in changes.values():
         for attr, tensor in change.tensors.items():
-            _set_tensor(change.module, attr, tensor) if not isinstance(tensor, nn.Parameter) else setattr(
-                change.module, attr, tensor
-            )
+            if tensor is None or isinstance(tensor, nn.Parameter):
+                setattr(change.module, attr, tensor)
+            else:
+                _set_tensor(change.module, attr, tensor)
         for attr, value in change.attrs.items():
             setattr(change.module, attr, value)

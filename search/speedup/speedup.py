@@ -120,7 +120,7 @@ class ModelSpeedup:
             analyzer = Analyzer(traced, model)
             analyzer.run()
             removable, explain = self._decide(analyzer)
-            changes = apply_removal(analyzer.modules, analyzer.params, removable)
+            changes = apply_removal(analyzer.modules, analyzer.params, removable, analyzer.folds)
             try:
                 counter = FlopCounterMode(display=False)
                 with torch.no_grad(), counter:
