@@ -16,14 +16,21 @@ Example:
 from __future__ import annotations
 
 from search.speedup.dependency import auto_set_dependency_group_ids, channel_groups
+from search.speedup.persist import load_compact_model, resolve_factory, save_compact_model
 from search.speedup.report import ModuleRow, SpeedupReport
+from search.speedup.shrink import SpeedupPlan, apply_plan
 from search.speedup.speedup import ModelSpeedup, SpeedupError
 
 __all__ = [
     "ModelSpeedup",
     "ModuleRow",
     "SpeedupError",
+    "SpeedupPlan",
     "SpeedupReport",
+    "apply_plan",
+    "load_compact_model",
+    "resolve_factory",
+    "save_compact_model",
     "auto_set_dependency_group_ids",
     "channel_groups",
 ]

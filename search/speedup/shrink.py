@@ -12,7 +12,36 @@ from torch import nn
 from search.speedup.analyze import Fold
 from search.speedup.graph import Value
 
-__all__ = ["Change", "apply_removal", "rollback"]
+__all__ = ["Change", "SpeedupPlan", "apply_plan", "apply_removal", "rollback"]
+
+
+@dataclass
+class SpeedupPlan:
+    """What speedup removed, replayable on a fresh model of the same architecture.
+
+    ``keep[(module, attr)][axis]`` lists the kept indexes; ``bias_created`` lists modules that got
+    a bias from constant folding (its values come with the weights).
+    """
+
+    keep: dict[tuple[str, str], dict[int, list[int]]] = field(default_factory=dict)
+    bias_created: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "keep": {f"{m}::{a}": {str(ax): idx for ax, idx in axes.items()} for (m, a), axes in self.keep.items()},
+            "bias_created": list(self.bias_created),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SpeedupPlan:
+        if data.get("version") != 1:
+            raise ValueError(f"unsupported speedup plan version {data.get('version')!r}")
+        keep: dict[tuple[str, str], dict[int, list[int]]] = {}
+        for key, axes in data["keep"].items():
+            module, _, attr = key.partition("::")
+            keep[(module, attr)] = {int(ax): [int(i) for i in idx] for ax, idx in axes.items()}
+        return cls(keep=keep, bias_created=list(data.get("bias_created", [])))
 
 
 @dataclass
@@ -79,10 +108,11 @@ def apply_removal(
     params: dict[tuple[str, str], Value],
     removable: np.ndarray,
     folds: list[Fold] | None = None,
-) -> dict[str, Change]:
-    """Remove the positions marked ``removable`` from every parameter/buffer; returns the changes."""
+) -> tuple[dict[str, Change], SpeedupPlan]:
+    """Remove the positions marked ``removable`` from every parameter/buffer; returns changes and plan."""
     changes: dict[str, Change] = {}
     created = apply_folds(modules, folds or [], removable, changes)
+    plan = SpeedupPlan(bias_created=sorted(created))
     for (module_name, attr), pv in params.items():
         keeps = {}
         for axis in range(pv.ndim):
@@ -91,6 +121,7 @@ def apply_removal(
                 keeps[axis] = np.nonzero(~gone)[0]
         if not keeps:
             continue
+        plan.keep[(module_name, attr)] = {axis: keep.tolist() for axis, keep in keeps.items()}
         module = modules[module_name]
         tensor = getattr(module, attr)
         change = _change(changes, module_name, module)
@@ -106,7 +137,39 @@ def apply_removal(
             module.bias = nn.Parameter(bias.detach().index_select(0, keep0), requires_grad=bias.requires_grad)
     for change in changes.values():
         _update_attributes(change)
-    return changes
+    return changes, plan
+
+
+def apply_plan(model: nn.Module, plan: SpeedupPlan) -> nn.Module:
+    """Shrink a fresh model of the same architecture the way ``plan`` says (weights to be loaded after)."""
+    modules = dict(model.named_modules())
+    changes: dict[str, Change] = {}
+    for name in plan.bias_created:
+        module = modules[name]
+        if getattr(module, "bias", None) is not None:
+            raise ValueError(f"plan adds a bias to {name!r}, which already has one")
+        out = module.weight.shape[0]
+        module.bias = nn.Parameter(torch.zeros(out, dtype=module.weight.dtype, device=module.weight.device))
+    for (module_name, attr), axes in plan.keep.items():
+        if module_name not in modules:
+            raise ValueError(f"plan names module {module_name!r}, which is not in the model")
+        module = modules[module_name]
+        tensor = getattr(module, attr, None)
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"plan names {module_name}.{attr}, which is no tensor of the model")
+        _change(changes, module_name, module).tensors.setdefault(attr, tensor)
+        new = tensor.detach()
+        for axis, keep in axes.items():
+            if keep and max(keep) >= new.shape[axis]:
+                raise ValueError(f"plan keeps index {max(keep)} of {module_name}.{attr} axis {axis} (size {new.shape[axis]})")
+            new = new.index_select(axis, torch.as_tensor(keep, dtype=torch.long, device=new.device))
+        _set_tensor(module, attr, new.clone())
+        if attr == "weight" and module_name in plan.bias_created and 0 in axes:
+            keep0 = torch.as_tensor(axes[0], dtype=torch.long, device=new.device)
+            module.bias = nn.Parameter(module.bias.detach().index_select(0, keep0))
+    for change in changes.values():
+        _update_attributes(change)
+    return model
 
 
 def _update_attributes(change: Change) -> None:

@@ -17,7 +17,7 @@ from search.config import channel_dims, is_io_target
 from search.metrics import _call, count_params
 from search.speedup.analyze import Analyzer
 from search.speedup.report import ModuleRow, SpeedupReport
-from search.speedup.shrink import apply_removal, rollback
+from search.speedup.shrink import SpeedupPlan, apply_removal, rollback
 from search.speedup.trace import trace_model
 
 __all__ = ["ModelSpeedup", "SpeedupError"]
@@ -76,6 +76,7 @@ class ModelSpeedup:
         self.masks = {m: dict(t) for m, t in masks.items()}
         self.rtol = rtol
         self.report: SpeedupReport | None = None
+        self.plan: SpeedupPlan | None = None
 
     def _check_masks(self) -> None:
         modules = dict(self.model.named_modules())
@@ -120,7 +121,7 @@ class ModelSpeedup:
             analyzer = Analyzer(traced, model)
             analyzer.run()
             removable, explain = self._decide(analyzer)
-            changes = apply_removal(analyzer.modules, analyzer.params, removable, analyzer.folds)
+            changes, self.plan = apply_removal(analyzer.modules, analyzer.params, removable, analyzer.folds)
             try:
                 counter = FlopCounterMode(display=False)
                 with torch.no_grad(), counter:
