@@ -78,7 +78,7 @@ class Analyzer:
         self.node_values[node.name] = value
         return value
 
-    def param(self, module_name: str, attr: str) -> Value | None:
+    def param(self, module_name: str, attr: str, with_zero: bool = False) -> Value | None:
         key = (module_name, attr)
         if key in self.params:
             return self.params[key]
@@ -87,9 +87,10 @@ class Analyzer:
         if not isinstance(tensor, torch.Tensor):
             return None
         value = self.g.new_value(f"{module_name}.{attr}" if module_name else attr, tuple(tensor.shape), is_param=True)
-        for axis in range(value.ndim):
-            value.zero[axis] = slice_zero(tensor.detach(), axis)
         self.params[key] = value
+        if with_zero:  # only tensors used directly as graph values need their zero facts
+            for axis in range(value.ndim):
+                value.zero[axis] = slice_zero(tensor.detach(), axis)
         return value
 
     def tensor(self, module_name: str, attr: str) -> torch.Tensor:
@@ -145,7 +146,7 @@ class Analyzer:
                 value = self.concrete(node)
                 if isinstance(value, torch.Tensor):
                     owner, _, attr = str(node.target).rpartition(".")
-                    pv = self.param(owner, attr)
+                    pv = self.param(owner, attr, with_zero=True)
                     if pv is None:
                         self.new(node)
                     else:

@@ -100,8 +100,8 @@ def linear_like(
     if b is not None:
         an.g.link(b, 0, out, nd - 1)
     bias_zero = _zero(bias, weight.shape[0])
-    nz_in = torch.from_numpy(~x.zero[-1])
-    row_zero = (weight[:, nz_in] == 0).all(dim=1).cpu().numpy()
+    nzpair = (weight != 0).cpu().numpy()
+    row_zero = ~nzpair[:, ~x.zero[-1]].any(axis=1)
     out.zero[-1] = row_zero & bias_zero
     for a in range(nd - 1):
         out.zero[a] = x.zero[a] & bool(bias_zero.all())
@@ -109,15 +109,14 @@ def linear_like(
     known = ~np.isnan(c)
     if known.any():
         w64 = weight.double().cpu()
-        row_ok = (w64[:, torch.from_numpy(~known)] == 0).all(dim=1).numpy()
+        row_ok = ~nzpair[:, ~known].any(axis=1)
         bvec = np.zeros(weight.shape[0]) if bias is None else bias.double().cpu().numpy()
         out.const[-1] = np.where(row_ok, bvec + (w64 @ torch.from_numpy(np.nan_to_num(c))).numpy(), np.nan)
     if fold_into is not None:
         an.folds.append(Fold(fold_into, x, nd - 1))
 
     def back() -> None:
-        live = torch.from_numpy(~out.ignored[-1])
-        col_zero = (weight[live] == 0).all(dim=0).cpu().numpy()
+        col_zero = ~nzpair[~out.ignored[-1]].any(axis=0)
         if fold_into is not None:
             col_zero = col_zero | ~np.isnan(x.constants(nd - 1))
         an.use(x, nd - 1, col_zero)
@@ -150,31 +149,29 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
     an.g.link(w, 0, out, cax)
     if b is not None:
         an.g.link(b, 0, out, cax)
-    w_row_zero = (weight == 0).flatten(1).all(dim=1).cpu().numpy()
+    # One pass over the weight: which (out, in) kernel slices are non-zero.
+    nzpair = (weight != 0).flatten(2).any(dim=2).cpu().numpy() if weight.dim() > 2 else (weight != 0).cpu().numpy()
+    w_row_zero = ~nzpair.any(axis=1)
     if cax == 1:
         out.zero[0] = x.zero[0] & bool(bias_zero.all())
     bvec = np.zeros(cout) if bias is None else bias.double().cpu().numpy()
     no_pad = _constant_safe(m)
     if groups == 1:
         an.g.link(w, 1, x, cax)
-        nz_in = torch.from_numpy(~x.zero[cax])
-        only_bias = (weight[:, nz_in] == 0).flatten(1).all(dim=1).cpu().numpy()
+        only_bias = ~nzpair[:, ~x.zero[cax]].any(axis=1)
         out.zero[cax] = only_bias & bias_zero
         c = x.constants(cax)
         known = ~np.isnan(c)
         out.const[cax] = np.where(only_bias, bvec, np.nan)
         if no_pad and known.any():
             wsum = weight.double().flatten(2).sum(dim=2).cpu()
-            row_ok = (wsum[:, torch.from_numpy(~known)] == 0).all(dim=1).numpy() & (
-                (weight[:, torch.from_numpy(~known)] == 0).flatten(1).all(dim=1).cpu().numpy()
-            )
+            row_ok = ~nzpair[:, ~known].any(axis=1)
             out.const[cax] = np.where(row_ok, bvec + (wsum @ torch.from_numpy(np.nan_to_num(c))).numpy(), out.const[cax])
         if no_pad:
             an.folds.append(Fold(name, x, cax))
 
         def back() -> None:
-            live = torch.from_numpy(~out.ignored[cax])
-            col_zero = (weight[live] == 0).transpose(0, 1).flatten(1).all(dim=1).cpu().numpy()
+            col_zero = ~nzpair[~out.ignored[cax]].any(axis=0)
             if no_pad:
                 col_zero = col_zero | ~np.isnan(x.constants(cax))
             an.use(x, cax, col_zero)

@@ -192,15 +192,21 @@ class ModelSpeedup:
         comps, first = np.unique(labels[pinned_ids], return_index=True)
         for c, i in zip(comps, first, strict=True):
             comp_reason[int(c)] = reasons[first_reason[pinned_ids[i]]]
-        live_owner: dict[int, str] = {}
-        for v in an.g.values:
-            if v.is_param:
-                continue
-            for axis in range(v.ndim):
-                ids = v.ids(axis)
-                alive = ids[is_value[ids] & ~dead[ids]]
-                for c in np.unique(labels[alive]):
-                    live_owner.setdefault(int(c), f"non-zero output of {v.producer or v.key}")
+        owner = np.full(an.g.size, -1, dtype=np.int64)
+        for i, v in enumerate(an.g.values):
+            if not v.is_param and v.ndim:
+                owner[v.offsets[0] : v.offsets[-1] + v.shape[-1]] = i
+        alive = np.nonzero(is_value & ~dead)[0]
+        alive_comps, first_alive = np.unique(labels[alive], return_index=True)
+        live_owner = dict(zip(alive_comps.tolist(), alive[first_alive].tolist(), strict=True))
+
+        def describe_live(c: int) -> str | None:
+            pos = live_owner.get(c)
+            if pos is None or owner[pos] < 0:
+                return None
+            v = an.g.values[owner[pos]]
+            return f"non-zero output of {v.producer or v.key}"
+
         rows = []
         for name, targets in self.masks.items():
             mask = targets.get("weight")
@@ -218,7 +224,7 @@ class ModelSpeedup:
             kept_reasons: Counter[str] = Counter()
             for pos in np.nonzero(masked & ~gone)[0]:
                 c = int(labels[ids[pos]])
-                kept_reasons[comp_reason.get(c) or live_owner.get(c) or "no tensor depends on it"] += 1
+                kept_reasons[comp_reason.get(c) or describe_live(c) or "no tensor depends on it"] += 1
             rows.append(
                 ModuleRow(
                     module=name,

@@ -1,0 +1,243 @@
+"""Export a (compact) model to ONNX or to a ``.pt2`` ExportedProgram, and check the result.
+
+ONNX export uses the ``torch.export``-based ("dynamo") exporter. It handles every model in
+:mod:`search.zoo` and :mod:`search.zoo.patterns` (residual adds, concatenations, channel
+shuffles, ``scaled_dot_product_attention``, Python control flow on sizes...) with outputs within
+1e-6 of torch, it is torch's default since 2.9, and the TorchScript exporter it replaces emits a
+``DeprecationWarning`` and is scheduled for removal. It is slower (about 0.5 s for a small model
+against 0.05 s), so the TorchScript exporter is kept only as a fallback for models
+``torch.export`` cannot capture (data-dependent control flow, say); pass ``fallback=False`` to
+get the dynamo error instead.
+
+Every export runs the model in eval mode (the mode is restored afterwards), as deployment does;
+:func:`check_onnx` compares against the model in eval mode too.
+
+Example:
+    >>> import tempfile, torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    >>> x = torch.randn(1, 3, 8, 8)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = export_onnx(model, x, f"{tmp}/model.onnx")
+    ...     check_onnx(path, model, x) < 1e-4
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["check_onnx", "export_onnx", "export_pt2", "load_pt2"]
+
+logger = logging.getLogger(__name__)
+
+
+def _split_inputs(dummy_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` from a tensor, a tuple/list of positional inputs or a dict of keyword inputs."""
+    if isinstance(dummy_input, Mapping):
+        return (), dict(dummy_input)
+    if isinstance(dummy_input, tuple | list):
+        return tuple(dummy_input), {}
+    return (dummy_input,), {}
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _flat_tensors(tree: Any) -> list[Tensor]:
+    found: list[Tensor] = []
+    torch.fx.node.map_aggregate(tree, lambda x: found.append(x) if isinstance(x, Tensor) else None)
+    return found
+
+
+def export_onnx(
+    model: nn.Module,
+    dummy_input: Any,
+    path: str | Path,
+    opset: int | None = None,
+    *,
+    fallback: bool = True,
+) -> Path:
+    """Export ``model`` to an ONNX file with the ``torch.export``-based exporter.
+
+    Weights are stored in the file itself (a separate ``.data`` file only past ONNX's 2 GB
+    limit). Shapes are static: the exported graph accepts inputs shaped like ``dummy_input``.
+
+    Args:
+        model: The model (exported in eval mode; its mode is restored).
+        dummy_input: A tensor, a tuple of positional inputs, or a dict of keyword inputs.
+        path: Destination file; parent directories are created.
+        opset: ONNX opset version; ``None`` lets the exporter choose (18 or newer).
+        fallback: If the dynamo exporter fails, retry with the legacy TorchScript exporter
+            (logged as a warning) instead of raising.
+
+    Returns:
+        The path written.
+
+    Raises:
+        Exception: Whatever the exporter raises (the dynamo exporter's error when ``fallback``
+            is false, the TorchScript exporter's otherwise).
+
+    Example:
+        >>> import tempfile, torch
+        >>> model = torch.nn.Linear(4, 2)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     export_onnx(model, torch.randn(1, 4), f"{tmp}/linear.onnx").name
+        'linear.onnx'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args, kwargs = _split_inputs(dummy_input)
+    with _eval_mode(model):
+        try:
+            # The dynamo exporter prints its progress; keep library output quiet.
+            with contextlib.redirect_stdout(io.StringIO()):
+                program = torch.onnx.export(
+                    model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset, verbose=False
+                )
+            assert program is not None
+            program.save(str(path))
+        except Exception as exc:
+            if not fallback:
+                raise
+            logger.warning(
+                "dynamo ONNX export failed (%s: %s); retrying with the TorchScript exporter", type(exc).__name__, exc
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is deprecated: we know
+                torch.onnx.export(
+                    model, args, str(path), kwargs=kwargs or None, dynamo=False, opset_version=opset or 17
+                )
+    return path
+
+
+def check_onnx(path: str | Path, model: nn.Module, dummy_input: Any, atol: float = 1e-4) -> float:
+    """Run an ONNX file with onnxruntime (CPU) and compare its outputs with ``model``'s.
+
+    The tolerance scales with the outputs like :class:`~search.speedup.ModelSpeedup`'s: an
+    output may differ by ``atol * max(1, max |torch output|)``.
+
+    Args:
+        path: The ONNX file (from :func:`export_onnx`).
+        model: The torch model it was exported from (run in eval mode; its mode is restored).
+        dummy_input: Inputs as for :func:`export_onnx` (tensors only reach the ONNX graph).
+        atol: Allowed max absolute difference (relative to the output scale above 1).
+
+    Returns:
+        The largest absolute difference over all outputs.
+
+    Raises:
+        ValueError: If the number, shapes or values of the outputs differ (beyond tolerance);
+            the message lists each output's shape and difference.
+
+    Example:
+        >>> import tempfile, torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+        >>> x = torch.randn(3, 4)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     diff = check_onnx(export_onnx(model, x, f"{tmp}/mlp.onnx"), model, x)
+        >>> diff < 1e-5
+        True
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    args, kwargs = _split_inputs(dummy_input)
+    with _eval_mode(model), torch.no_grad():
+        reference = _flat_tensors(model(*args, **kwargs))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph_inputs = session.get_inputs()
+    names = [i.name for i in graph_inputs]
+    if kwargs and set(names) <= set(kwargs):
+        feed_tensors = [kwargs[n] for n in names]
+    else:
+        feed_tensors = _flat_tensors((args, kwargs))
+        if len(feed_tensors) != len(names):
+            raise ValueError(f"{path}: the ONNX graph takes {len(names)} inputs {names}, got {len(feed_tensors)} tensors")
+    feed = {n: t.detach().cpu().numpy() for n, t in zip(names, feed_tensors, strict=True)}
+    outputs = session.run(None, feed)
+    if len(outputs) != len(reference):
+        raise ValueError(f"{path}: onnxruntime returned {len(outputs)} outputs, torch {len(reference)}")
+    worst = 0.0
+    problems = []
+    lines = []
+    for k, (ref, out) in enumerate(zip(reference, outputs, strict=True)):
+        r = ref.detach().cpu().numpy()
+        o = np.asarray(out)
+        if r.shape != o.shape:
+            problems.append(k)
+            lines.append(f"output {k}: shape {o.shape} from onnxruntime, {r.shape} from torch")
+            continue
+        if r.size == 0:
+            continue
+        diff = float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max())
+        scale = float(np.abs(r).max()) if np.issubdtype(r.dtype, np.number) else 1.0
+        tol = atol * max(1.0, scale)
+        worst = max(worst, diff)
+        lines.append(f"output {k}: shape {r.shape}, max |diff| {diff:.3e}, tolerance {tol:.3e}")
+        if not diff <= tol:
+            problems.append(k)
+    if problems:
+        raise ValueError(f"{path}: onnxruntime and torch disagree on output(s) {problems}:\n" + "\n".join(lines))
+    return worst
+
+
+def export_pt2(model: nn.Module, dummy_input: Any, path: str | Path) -> Path:
+    """Capture ``model`` with ``torch.export.export`` and save the ExportedProgram (``.pt2``).
+
+    Args:
+        model: The model (exported in eval mode; its mode is restored).
+        dummy_input: A tensor, a tuple of positional inputs, or a dict of keyword inputs.
+        path: Destination file (conventionally ``*.pt2``); parent directories are created.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile, torch
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        >>> x = torch.randn(1, 3, 8, 8)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     program = load_pt2(export_pt2(model, x, f"{tmp}/model.pt2"))
+        ...     torch.allclose(program.module()(x), model(x))
+        True
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args, kwargs = _split_inputs(dummy_input)
+    with _eval_mode(model):
+        program = torch.export.export(model, args, kwargs=kwargs or None)
+    torch.export.save(program, str(path))
+    return path
+
+
+def load_pt2(path: str | Path) -> torch.export.ExportedProgram:
+    """Load an ExportedProgram saved by :func:`export_pt2`; call it with ``.module()(inputs)``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> model = torch.nn.Linear(4, 2)
+        >>> x = torch.randn(2, 4)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     program = load_pt2(export_pt2(model, x, f"{tmp}/linear.pt2"))
+        >>> program.module()(x).shape
+        torch.Size([2, 2])
+    """
+    return torch.export.load(str(path))
