@@ -155,9 +155,35 @@ class Analyzer:
                 handled = dispatch(self, node)
                 if not handled:
                     self.unknown(node)
+        self._pin_decisions()
         for fn in reversed(self.backward):
             fn()
         return self.g
+
+    def _pin_decisions(self) -> None:
+        """Python control flow looked at these values: the tensor sizes they come from must stay."""
+        nodes = {n.name: n for n in self.traced.graph.nodes}
+        seen: set[str] = set()
+        stack = [nodes[name] for name in self.traced.decisions if name in nodes]
+        while stack:
+            node = stack.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            value = self.node_values.get(source.name) if source is not None else None
+            name = getattr(node.target, "__name__", str(node.target))
+            if isinstance(value, Value) and name in ("size", "dim", "numel", "getattr", "len"):
+                dims = None
+                if name == "size" and len(node.args) > 1 and isinstance(node.args[1], int):
+                    dims = [node.args[1] % value.ndim]
+                for axis in dims if dims is not None else range(value.ndim):
+                    self.g.pin(value, axis, f"Python control flow reads this size at node {node.name}")
+                continue
+            if isinstance(self.node_values.get(node.name), Value):
+                self.use_fully(self.node_values[node.name], f"Python control flow reads values at node {node.name}")
+                continue
+            stack.extend(a for a in node.all_input_nodes)
 
     def unknown(self, node: fx.Node, why: str | None = None) -> None:
         """Conservative handling: pin every tensor axis the node reads or writes."""

@@ -27,13 +27,21 @@ class TracedModel:
     """A traced graph plus the value each node had on the dummy input."""
 
     def __init__(
-        self, graph_module: fx.GraphModule, values: dict[str, Any], method: str, output: Any = None, flops: int = 0
+        self,
+        graph_module: fx.GraphModule,
+        values: dict[str, Any],
+        method: str,
+        output: Any = None,
+        flops: int = 0,
+        decisions: set[str] | None = None,
     ) -> None:
         self.graph_module = graph_module
         self.values = values
         self.method = method
         self.output = output  # the model's output on the dummy input
         self.flops = flops  # FLOPs of that forward pass (see search.metrics)
+        #: nodes whose value Python code looked at (control flow): what they depend on must not change
+        self.decisions = decisions or set()
 
     @property
     def graph(self) -> fx.Graph:
@@ -91,7 +99,7 @@ def trace_model(model: nn.Module, dummy_input: Any) -> TracedModel:
     graph = tracer.trace(model)
     gm = fx.GraphModule(model, graph)
     values, output, flops = _record(gm, args, kwargs)
-    return TracedModel(gm, values, "concrete", output, flops)
+    return TracedModel(gm, values, "concrete", output, flops, {n.name for n in tracer.decided})
 
 
 def _concrete_kwargs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -114,21 +122,28 @@ class _ConcreteProxy(fx.Proxy):
         self.value = tracer.node_values[node]
 
     def __bool__(self) -> bool:
+        self.tracer.decided.add(self.node)  # type: ignore[attr-defined]
         return bool(self.value)
 
     def __len__(self) -> int:
+        self.tracer.decided.add(self.node)  # type: ignore[attr-defined]
         return len(self.value)
 
     def __int__(self) -> int:
+        self.tracer.decided.add(self.node)  # type: ignore[attr-defined]
         return int(self.value)
 
     def __index__(self) -> int:
+        self.tracer.decided.add(self.node)  # type: ignore[attr-defined]
         return int(self.value)
 
     def __float__(self) -> float:
+        self.tracer.decided.add(self.node)  # type: ignore[attr-defined]
         return float(self.value)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
+        if not isinstance(self.value, tuple | list):
+            self.tracer.decided.add(self.node)  # type: ignore[attr-defined]
         for i in range(len(self.value)):
             yield self[i]
 
@@ -159,6 +174,13 @@ class ConcreteTracer(fx.Tracer):
         self.kw_inputs = kwargs
         self.node_values: dict[fx.Node, Any] = {}
         self._placeholder_index = 0
+        self._evaluating = 0
+        self.decided: set[fx.Node] = set()
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:  # type: ignore[override]
+        if self._evaluating:  # computing a concrete value: real tensors, not proxies
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         if node not in self.node_values:
@@ -166,7 +188,12 @@ class ConcreteTracer(fx.Tracer):
         return _ConcreteProxy(node, self)
 
     def _value(self, a: Any) -> Any:
-        return map_aggregate(a, lambda x: self.node_values[x] if isinstance(x, fx.Node) else x)
+        def get(x: fx.Node) -> Any:
+            if x not in self.node_values:  # nodes fx creates without a proxy (tensor constants)
+                self.node_values[x] = self._evaluate(x)
+            return self.node_values[x]
+
+        return map_aggregate(a, lambda x: get(x) if isinstance(x, fx.Node) else x)
 
     def _evaluate(self, node: fx.Node) -> Any:
         if node.op == "placeholder":
@@ -183,19 +210,28 @@ class ConcreteTracer(fx.Tracer):
                 obj = getattr(obj, part)
             return obj
         args, kwargs = self._value(node.args), self._value(node.kwargs)
+        self._evaluating += 1
+        try:
+            return self._run(node, args, kwargs)
+        finally:
+            self._evaluating -= 1
+
+    def _run(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
         with torch.no_grad():
             if node.op == "call_function":
                 return node.target(*args, **kwargs)  # type: ignore[operator]
             if node.op == "call_method":
                 return getattr(args[0], str(node.target))(*args[1:], **kwargs)
             if node.op == "call_module":
-                return self.root.get_submodule(str(node.target))(*args, **kwargs)
+                # forward, not __call__: fx patches Module.__call__ while tracing
+                return self.root.get_submodule(str(node.target)).forward(*args, **kwargs)
         return None
 
     def iter(self, obj: fx.Proxy) -> Any:  # type: ignore[override]
         return iter(obj)  # _ConcreteProxy.__iter__
 
     def to_bool(self, obj: fx.Proxy) -> bool:  # type: ignore[override]
+        self.decided.add(obj.node)
         return bool(getattr(obj, "value", False))
 
     def keys(self, obj: fx.Proxy) -> Any:  # type: ignore[override]
