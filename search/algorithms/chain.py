@@ -1,0 +1,167 @@
+"""Chains: Linear, AGP and LotteryTicket — each iteration prunes the previous one's result further.
+
+Iteration ``i`` of ``total_iteration`` asks for ``schedule(i / total_iteration)`` of every ratio
+in the config list (relative to the origin model); it starts from iteration ``i - 1``'s
+finetuned masked model, so what is pruned stays pruned. A failed iteration is recorded and the
+chain goes on from the last successful one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from search.pruning import Pruner
+from search.scheduling import Proposal, PruningScheduler, TaskGenerator, TaskResult
+
+__all__ = [
+    "FunctionBasedTaskGenerator",
+    "LinearTaskGenerator",
+    "AGPTaskGenerator",
+    "LotteryTicketTaskGenerator",
+    "LinearPruner",
+    "AGPPruner",
+    "LotteryTicketPruner",
+    "scale_config_list",
+]
+
+_RATIO_KEYS = ("sparse_ratio", "sparsity", "sparsity_per_layer", "total_sparsity")
+
+
+def scale_config_list(config_list: Sequence[Mapping[str, Any]], fraction: Callable[[float], float]) -> list[dict[str, Any]]:
+    """A copy of ``config_list`` with every ratio ``r`` replaced by ``fraction(r)``."""
+    out = []
+    for sub in config_list:
+        new = copy.deepcopy(dict(sub))
+        for key in _RATIO_KEYS:
+            if key in new and isinstance(new[key], int | float) and not isinstance(new[key], bool):
+                new[key] = float(min(max(fraction(float(new[key])), 0.0), 1.0))
+        settings = new.get("target_settings")
+        if isinstance(settings, dict):
+            for target in settings.values():
+                if isinstance(target, dict) and isinstance(target.get("sparse_ratio"), int | float):
+                    target["sparse_ratio"] = float(min(max(fraction(float(target["sparse_ratio"])), 0.0), 1.0))
+        out.append(new)
+    return out
+
+
+class FunctionBasedTaskGenerator(TaskGenerator):
+    """A chain of ``total_iteration`` tasks; subclasses define :meth:`ratio_at`."""
+
+    def __init__(self, total_iteration: int, origin_model: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+        if isinstance(total_iteration, bool) or not isinstance(total_iteration, int) or total_iteration < 1:
+            raise ValueError(f"total_iteration must be a positive int, got {total_iteration!r}")
+        kwargs.setdefault("max_trials", total_iteration)
+        super().__init__(origin_model, *args, **kwargs)
+        self.total_iteration = total_iteration
+        self.iteration = 0
+        self.last_good: int | None = None
+
+    def ratio_at(self, target: float, iteration: int) -> float:
+        raise NotImplementedError
+
+    def _propose(self, n: int) -> list[Proposal]:
+        if self.pending() or self.iteration >= self.total_iteration:
+            return []
+        self.iteration += 1
+        i = self.iteration
+        config = scale_config_list(self.origin_config_list, lambda r: self.ratio_at(r, i))
+        return [Proposal(config, self.last_good, {"iteration": i})]
+
+    def _observe(self, result: TaskResult) -> None:
+        if result.ok:
+            self.last_good = result.task_id
+
+    def _finished(self) -> bool:
+        return self.iteration >= self.total_iteration and not self.pending()
+
+    def _keep_models(self) -> list[int]:
+        return [self.last_good] if self.last_good is not None else []
+
+    def _algo_state(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "last_good": self.last_good}
+
+    def _load_algo_state(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state.get("iteration", 0))
+        self.last_good = state.get("last_good")
+
+
+class LinearTaskGenerator(FunctionBasedTaskGenerator):
+    """Ratios grow linearly: ``target * i / T``."""
+
+    def ratio_at(self, target: float, iteration: int) -> float:
+        return target * iteration / self.total_iteration
+
+
+class AGPTaskGenerator(FunctionBasedTaskGenerator):
+    """Automated gradual pruning (Zhu & Gupta 2017): ``target * (1 - (1 - i / T) ** 3)``."""
+
+    def ratio_at(self, target: float, iteration: int) -> float:
+        return target * (1.0 - (1.0 - iteration / self.total_iteration) ** 3)
+
+
+class LotteryTicketTaskGenerator(FunctionBasedTaskGenerator):
+    """Iterative magnitude pruning (Frankle & Carbin 2019): keep ``(1 - target) ** (i / T)`` each step."""
+
+    def ratio_at(self, target: float, iteration: int) -> float:
+        return 1.0 - (1.0 - target) ** (iteration / self.total_iteration)
+
+
+class _ChainPruner:
+    generator_class: type[FunctionBasedTaskGenerator]
+    reset_weight = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: list[dict[str, Any]],
+        pruning_algorithm: str | type[Pruner] = "l1",
+        total_iteration: int = 10,
+        finetuner: Callable[[nn.Module], Any] | None = None,
+        speedup: bool = False,
+        dummy_input: Any = None,
+        pruning_params: Mapping[str, Any] | None = None,
+        log_dir: str | None = ".",
+        keep_intermediate_result: bool = False,
+        evaluator: Callable[[nn.Module], float] | None = None,
+        *,
+        best_result_mode: str | None = None,
+        constraints: Mapping[str, Any] | None = None,
+    ) -> None:
+        mode = best_result_mode or ("maximize" if evaluator is not None else "latest")
+        self.task_generator = self.generator_class(
+            total_iteration, model, origin_config_list=config_list, log_dir=log_dir,
+            keep_intermediate_result=keep_intermediate_result, best_result_mode=mode, constraints=dict(constraints or {}),
+        )
+        self.scheduler = PruningScheduler(
+            pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup, dummy_input=dummy_input,
+            evaluator=evaluator, reset_weight=self.reset_weight, pruner_kwargs=pruning_params,
+        )
+
+    def compress(self) -> None:
+        self.scheduler.compress()
+
+    def get_best_result(self) -> Any:
+        return self.scheduler.get_best_result()
+
+
+class LinearPruner(_ChainPruner):
+    """``LinearPruner(model, config_list, pruning_algorithm, total_iteration, finetuner, ...)`` as in NNI."""
+
+    generator_class = LinearTaskGenerator
+
+
+class AGPPruner(_ChainPruner):
+    """``AGPPruner(model, config_list, pruning_algorithm, total_iteration, finetuner, ...)`` as in NNI."""
+
+    generator_class = AGPTaskGenerator
+
+
+class LotteryTicketPruner(_ChainPruner):
+    """Iterative magnitude pruning that rewinds to the origin weights before each finetune."""
+
+    generator_class = LotteryTicketTaskGenerator
+    reset_weight = True

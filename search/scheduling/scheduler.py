@@ -1,0 +1,188 @@
+"""Run a search in-process: ``PruningScheduler`` (NNI's names and arguments).
+
+Each task copies the model it starts from (the origin model, or its parent task's finetuned
+masked model), loads the parent's masks, prunes with the task's config list (what is masked
+stays masked), finetunes, evaluates, and measures the compact model (speedup on a copy).
+
+Example:
+    >>> import torch
+    >>> from search.scheduling import PruningScheduler
+    >>> from search.algorithms import LinearTaskGenerator
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    >>> gen = LinearTaskGenerator(3, model, origin_config_list=[{'op_names': ['0'], 'sparse_ratio': 0.75}],
+    ...                           log_dir=None, best_result_mode='latest')
+    >>> scheduler = PruningScheduler('l1', gen, dummy_input=torch.randn(1, 8))
+    >>> scheduler.compress()
+    >>> task_id, compact, masks, score, config_list = scheduler.get_best_result()
+    >>> task_id, compact[0].out_features
+    (2, 4)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from search.metrics import model_cost
+from search.pruning import Pruner
+from search.pruning.registry import make_pruner
+from search.scheduling.generator import TaskGenerator
+from search.scheduling.task import Task, TaskResult
+
+__all__ = ["BasePruningScheduler", "PruningScheduler", "achieved_sparsity"]
+
+logger = logging.getLogger(__name__)
+
+Masks = dict[str, dict[str, Tensor]]
+
+
+def achieved_sparsity(masks: Mapping[str, Mapping[str, Tensor]]) -> dict[str, float]:
+    """Share of masked weight elements per module."""
+    out = {}
+    for module, targets in masks.items():
+        mask = targets.get("weight")
+        if mask is not None and mask.numel():
+            out[module] = float((mask == 0).sum()) / mask.numel()
+    return out
+
+
+class BasePruningScheduler:
+    """The loop: ask the generator, run each task, tell it the result, until it is done."""
+
+    task_generator: TaskGenerator
+
+    def generate_task(self) -> Task | None:
+        return self.task_generator.next()
+
+    def record_task_result(self, result: TaskResult) -> None:
+        self.task_generator.receive_task_result(result)
+
+    def pruning_one_step(self, task: Task) -> TaskResult:
+        raise NotImplementedError
+
+    def compress(self) -> None:
+        while not self.task_generator.is_done():
+            tasks = self.task_generator.pending() or self.task_generator.ask(1)
+            if not tasks:
+                break
+            for task in tasks:
+                self.record_task_result(self.pruning_one_step(task))
+
+    def get_best_result(self) -> tuple[int, nn.Module | None, Masks | None, float | None, list[dict[str, Any]]] | None:
+        return self.task_generator.get_best_result()
+
+
+class PruningScheduler(BasePruningScheduler):
+    """Runs every task of ``task_generator`` in this process.
+
+    Args:
+        pruner: a pruner class, a registered name (``'l1'``, ``'level'``, ``'fpgm'``...) or an instance
+            (its class is reused with ``pruner_kwargs``).
+        task_generator: the search algorithm.
+        finetuner: ``finetuner(model)`` trains the (wrapped, masked) model in place.
+        speedup: keep the compact model of each result (FLOPs/params are measured either way).
+        dummy_input: an input for speedup and cost measurement.
+        evaluator: ``evaluator(model) -> score``.
+        reset_weight: start each task from the origin weights (lottery ticket rewinding).
+        pruner_kwargs: extra arguments for the pruner (evaluator, training_steps...).
+    """
+
+    def __init__(
+        self,
+        pruner: str | type[Pruner] | Pruner,
+        task_generator: TaskGenerator,
+        finetuner: Callable[[nn.Module], Any] | None = None,
+        speedup: bool = False,
+        dummy_input: Any = None,
+        evaluator: Callable[[nn.Module], float] | None = None,
+        reset_weight: bool = False,
+        *,
+        pruner_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if task_generator.origin_model is None:
+            raise ValueError("the task generator needs origin_model for an in-process search")
+        self.pruner = pruner
+        self.task_generator = task_generator
+        self.finetuner = finetuner
+        self.speedup = speedup
+        self.dummy_input = dummy_input
+        self.evaluator = evaluator
+        self.reset_weight = reset_weight
+        self.pruner_kwargs = dict(pruner_kwargs or {})
+        self._origin_state = {k: v.detach().clone() for k, v in task_generator.origin_model.state_dict().items()}
+        self._origin_cost = model_cost(task_generator.origin_model, dummy_input) if dummy_input is not None else None
+
+    def _start_model(self, task: Task) -> tuple[nn.Module, Masks]:
+        gen = self.task_generator
+        if task.parent_id is None:
+            return copy.deepcopy(gen.origin_model), dict(gen.origin_masks)
+        parent = gen.results.get(task.parent_id)
+        if parent is None or parent.model is None:
+            raise RuntimeError(f"task {task.task_id} starts from task {task.parent_id}, whose model is not in memory")
+        return copy.deepcopy(parent.model), dict(parent.masks or {})
+
+    def pruning_one_step(self, task: Task) -> TaskResult:
+        start = time.perf_counter()
+        try:
+            return self._run(task, start)
+        except Exception as exc:
+            logger.warning("task %d failed: %s", task.task_id, exc)
+            return TaskResult(task.task_id, error="".join(traceback.format_exception(exc)))
+
+    def _run(self, task: Task, start: float) -> TaskResult:
+        model, masks = self._start_model(task)
+        if self.reset_weight:
+            model.load_state_dict(self._origin_state)
+        pruner = make_pruner(self.pruner, model, task.config_list, **self.pruner_kwargs)
+        if masks:
+            pruner.load_masks(masks)
+        if task.config_list:
+            _, masks = pruner.compress()
+        masks = pruner.get_masks()
+        if self.finetuner is not None:
+            self.finetuner(model)
+        score = float(self.evaluator(model)) if self.evaluator is not None else None
+        pruner.unwrap_model()
+        with torch.no_grad():
+            for name, targets in masks.items():
+                module = model.get_submodule(name)
+                for target, mask in targets.items():
+                    if not target.startswith("_"):
+                        getattr(module, target).mul_(mask.to(getattr(module, target).device))
+        metrics: dict[str, float] = {"seconds": 0.0}
+        compact = None
+        if self.dummy_input is not None and self._origin_cost is not None:
+            from search.speedup import ModelSpeedup  # noqa: PLC0415
+
+            compact = copy.deepcopy(model)
+            try:
+                ModelSpeedup(compact, self.dummy_input, masks).speedup_model()
+            except Exception as exc:  # measured on the masked model instead
+                logger.warning("task %d: speedup failed (%s); costs measured on the masked model", task.task_id, exc)
+                compact = model
+            cost = model_cost(compact, self.dummy_input)
+            metrics.update(
+                flops=float(cost.flops),
+                params=float(cost.params),
+                flops_ratio=cost.flops / max(self._origin_cost.flops, 1),
+                params_ratio=cost.params / max(self._origin_cost.params, 1),
+            )
+        if score is not None:
+            metrics["score"] = score
+        metrics["seconds"] = time.perf_counter() - start
+        return TaskResult(
+            task.task_id,
+            score=score,
+            metrics=metrics,
+            sparsity=achieved_sparsity(masks),
+            model=model,
+            masks=masks,
+            compact_model=compact if self.speedup or compact is not None else None,
+        )
