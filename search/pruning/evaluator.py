@@ -129,6 +129,27 @@ class TorchEvaluator(Evaluator):
         self.dummy_input = dummy_input
         self.evaluating_func = evaluating_func
 
+    def bind_model(self, model: nn.Module) -> None:
+        """Bind ``model``; optimizers built over another model (e.g. the one this model was copied
+        from) are rebuilt over ``model`` with the same class and hyper-parameters (fresh state)."""
+        super().bind_model(model)
+        own = {id(p) for p in model.parameters()}
+        self._bound_optimizers = []
+        for opt in self._optimizers:
+            params = [p for group in opt.param_groups for p in group["params"]]
+            if params and all(id(p) in own for p in params):
+                self._bound_optimizers.append(opt)
+                continue
+            settings = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+            self._bound_optimizers.append(type(opt)(model.parameters(), **settings))
+
+    def unbind_model(self) -> None:
+        super().unbind_model()
+        self._bound_optimizers = []
+
+    def _active_optimizers(self) -> list[torch.optim.Optimizer]:
+        return getattr(self, "_bound_optimizers", None) or self._optimizers
+
     def _patched_step(self, batch: Any, model: nn.Module) -> Tensor:
         loss = self.training_step(batch, model)
         for patch in self._loss_patches:
@@ -152,10 +173,12 @@ class TorchEvaluator(Evaluator):
             for fn in self._after:
                 fn()
 
+        optimizers = self._active_optimizers()
         # Hook only the first optimizer for counting (several optimizers step together).
-        handles = [self._optimizers[0].register_step_pre_hook(before), self._optimizers[0].register_step_post_hook(after)]
+        handles = [optimizers[0].register_step_pre_hook(before), optimizers[0].register_step_post_hook(after)]
+        passed: Any = optimizers[0] if isinstance(self.optimizers, torch.optim.Optimizer) else optimizers
         try:
-            self.training_func(self.model, self.optimizers, self._patched_step, self.lr_schedulers, max_steps, max_epochs)
+            self.training_func(self.model, passed, self._patched_step, self.lr_schedulers, max_steps, max_epochs)
         except StopTraining:
             logger.debug("training stopped after %d steps", steps)
         finally:

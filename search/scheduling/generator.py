@@ -256,6 +256,12 @@ class TaskGenerator:
 
                 save_masks(result.masks, folder / "masks.safetensors")
             best = self.best_result()
+            keep = set(self._keep_models()) | ({best.task_id} if best else set())
+            if result.model is not None and (self.keep_intermediate_result or task.task_id in keep):
+                # weights of results later tasks start from, so a resumed search can load them
+                from search.pruning.io import save_state_dict  # noqa: PLC0415
+
+                save_state_dict(result.model.state_dict(), folder / "model.safetensors")
             if best is not None and best.task_id == task.task_id:
                 self._write_best(task, result)
         except OSError as exc:  # logs must never stop a search

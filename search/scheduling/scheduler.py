@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from search.metrics import model_cost
+from search.metrics import measure_latency, model_cost
 from search.pruning import Pruner
 from search.pruning.registry import make_pruner
 from search.scheduling.generator import TaskGenerator
@@ -92,6 +92,8 @@ class PruningScheduler(BasePruningScheduler):
         evaluator: ``evaluator(model) -> score``.
         reset_weight: start each task from the origin weights (lottery ticket rewinding).
         pruner_kwargs: extra arguments for the pruner (evaluator, training_steps...).
+        task_pruners: ``{name: kwargs}`` for tasks that ask for another pruner through
+            ``task.params['pruner']`` (e.g. AutoCompress's ADMM step).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class PruningScheduler(BasePruningScheduler):
         reset_weight: bool = False,
         *,
         pruner_kwargs: Mapping[str, Any] | None = None,
+        task_pruners: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if task_generator.origin_model is None:
             raise ValueError("the task generator needs origin_model for an in-process search")
@@ -116,17 +119,38 @@ class PruningScheduler(BasePruningScheduler):
         self.evaluator = evaluator
         self.reset_weight = reset_weight
         self.pruner_kwargs = dict(pruner_kwargs or {})
+        self.task_pruners = {k: dict(v) for k, v in (task_pruners or {}).items()}
         self._origin_state = {k: v.detach().clone() for k, v in task_generator.origin_model.state_dict().items()}
         self._origin_cost = model_cost(task_generator.origin_model, dummy_input) if dummy_input is not None else None
+        self._measure_latency = dummy_input is not None and task_generator.constraints.max_latency_ratio is not None
+        self._origin_latency = (
+            measure_latency(task_generator.origin_model, dummy_input, runs=20, warmup=3).median_ms
+            if self._measure_latency
+            else None
+        )
 
     def _start_model(self, task: Task) -> tuple[nn.Module, Masks]:
         gen = self.task_generator
         if task.parent_id is None:
             return copy.deepcopy(gen.origin_model), dict(gen.origin_masks)
         parent = gen.results.get(task.parent_id)
-        if parent is None or parent.model is None:
-            raise RuntimeError(f"task {task.task_id} starts from task {task.parent_id}, whose model is not in memory")
-        return copy.deepcopy(parent.model), dict(parent.masks or {})
+        if parent is None:
+            raise RuntimeError(f"task {task.task_id} starts from task {task.parent_id}, which has no result")
+        if parent.model is not None:
+            return copy.deepcopy(parent.model), dict(parent.masks or {})
+        return self._load_from_logs(task.parent_id)
+
+    def _load_from_logs(self, task_id: int) -> tuple[nn.Module, Masks]:
+        """A parent whose model is not in memory (e.g. after a resume), from the generator's log_dir."""
+        folder = self.task_generator.log_dir / str(task_id) if self.task_generator.log_dir is not None else None
+        if folder is None or not (folder / "model.safetensors").exists():
+            raise RuntimeError(f"the model of task {task_id} is neither in memory nor in the log directory")
+        from search.pruning.io import load_masks, load_state_dict  # noqa: PLC0415
+
+        model = copy.deepcopy(self.task_generator.origin_model)
+        model.load_state_dict(load_state_dict(folder / "model.safetensors"))
+        masks = load_masks(folder / "masks.safetensors") if (folder / "masks.safetensors").exists() else {}
+        return model, masks
 
     def pruning_one_step(self, task: Task) -> TaskResult:
         start = time.perf_counter()
@@ -140,7 +164,11 @@ class PruningScheduler(BasePruningScheduler):
         model, masks = self._start_model(task)
         if self.reset_weight:
             model.load_state_dict(self._origin_state)
-        pruner = make_pruner(self.pruner, model, task.config_list, **self.pruner_kwargs)
+        pruner_name = task.params.get("pruner")
+        if pruner_name is not None:
+            pruner = make_pruner(pruner_name, model, task.config_list, **self.task_pruners.get(pruner_name, {}))
+        else:
+            pruner = make_pruner(self.pruner, model, task.config_list, **self.pruner_kwargs)
         if masks:
             pruner.load_masks(masks)
         if task.config_list:
@@ -174,6 +202,9 @@ class PruningScheduler(BasePruningScheduler):
                 flops_ratio=cost.flops / max(self._origin_cost.flops, 1),
                 params_ratio=cost.params / max(self._origin_cost.params, 1),
             )
+            if self._measure_latency and self._origin_latency:
+                latency = measure_latency(compact, self.dummy_input, runs=20, warmup=3).median_ms
+                metrics.update(latency_ms=latency, latency_ratio=latency / self._origin_latency)
         if score is not None:
             metrics["score"] = score
         metrics["seconds"] = time.perf_counter() - start

@@ -1,0 +1,517 @@
+"""Simulated annealing over per-layer sparsity allocations (NNI's ``SimulatedAnnealingPruner``).
+
+The config list names the layers and a total ratio per sub-config (``sparse_ratio``,
+``total_sparsity``...). A *solution* is one ratio per layer whose average weighted by the layers'
+weight sizes equals the sub-config's ratio. The search starts from the uniform allocation and, at
+each temperature, hands out ``neighbours_per_temperature`` perturbations of the current solution
+at once (they run in parallel); when all of them are told, each is accepted or rejected by the
+Metropolis rule in task order (so the order results arrive in does not matter) and the
+temperature cools. Cooling happens on *every* round, so the search ends: at ``stop_temperature``
+or when ``max_trials`` is used up. Every candidate starts from the origin model.
+
+The per-layer helpers here (:func:`allocation_layers`, :func:`per_layer_config_list`,
+:func:`rescale`) are shared with NetAdapt and AutoCompress.
+
+Example:
+    >>> import torch
+    >>> from search.algorithms import SimulatedAnnealingPruner
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> pruner = SimulatedAnnealingPruner(model, [{'op_types': ['Linear'], 'total_sparsity': 0.5}],
+    ...     evaluator=lambda m: -float(m[0].weight.detach().abs().sum()), start_temperature=1.0, stop_temperature=0.4,
+    ...     cool_down_rate=0.5, neighbours_per_temperature=2, log_dir=None)
+    >>> pruner.compress()
+    >>> len(pruner.task_generator.tasks), pruner.task_generator.stop_reason.startswith('temperature')
+    (5, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from search.config import ConfigError, canonicalize_config_list, channel_dims
+from search.pruning import Pruner
+from search.scheduling import Proposal, PruningScheduler, TaskGenerator, TaskResult
+
+__all__ = [
+    "AnnealingSchedule",
+    "LayerSpec",
+    "SimulatedAnnealingPruner",
+    "SimulatedAnnealingTaskGenerator",
+    "allocation_layers",
+    "per_layer_config_list",
+    "rescale",
+    "weighted_ratio",
+]
+
+logger = logging.getLogger(__name__)
+
+#: keys of the user's sub-config a per-layer sub-config keeps (the ratio keys are replaced).
+_CARRIED_KEYS = ("granularity", "target_names", "apply_method")
+
+
+# -- per-layer allocation helpers ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer whose ratio a search allocates.
+
+    Attributes:
+        name: the module's name.
+        numel: elements of its weight (the weight of its ratio in the total).
+        out_channels: size of the weight's output-channel axis.
+        target: the ratio the user's config list asks for (a total over the sub-config's layers).
+        lo, hi: the bounds of the layer's ratio (``min_sparse_ratio``; ``max_sparse_ratio`` or the
+            search's ``max_layer_ratio``).
+        group: the index of the sub-config that selects the layer (one total ratio per group).
+        extra: keys of that sub-config the per-layer sub-config keeps (``granularity``...).
+    """
+
+    name: str
+    numel: int
+    out_channels: int
+    target: float
+    lo: float
+    hi: float
+    group: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def allocation_layers(
+    model: nn.Module, config_list: Sequence[Mapping[str, Any]], max_layer_ratio: float = 0.95
+) -> list[LayerSpec]:
+    """The layers whose ``weight`` has a ratio in ``config_list``, in model order."""
+    if not 0 < max_layer_ratio <= 1:
+        raise ValueError(f"max_layer_ratio must be in (0, 1], got {max_layer_ratio!r}")
+    layers = []
+    for name, targets in canonicalize_config_list(model, config_list, mode="pruning").items():
+        setting = targets.get("weight")
+        if setting is None or setting.sparse_ratio is None or setting.align is not None:
+            continue
+        module = model.get_submodule(name)
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, Tensor) or weight.ndim == 0:
+            continue
+        out_dim, _ = channel_dims(module)
+        hi = min(setting.max_sparse_ratio if setting.max_sparse_ratio is not None else 1.0, max_layer_ratio)
+        lo = min(setting.min_sparse_ratio or 0.0, hi)
+        raw = config_list[setting.source] if 0 <= setting.source < len(config_list) else {}
+        extra = {k: copy.deepcopy(raw[k]) for k in _CARRIED_KEYS if k in raw}
+        layers.append(LayerSpec(name, weight.numel(), int(weight.shape[min(out_dim, weight.ndim - 1)]),
+                                float(setting.sparse_ratio), lo, hi, setting.source, extra))
+    if not layers:
+        raise ConfigError("config_list: selects no layer with a 'weight' ratio for the search to allocate")
+    return layers
+
+
+def per_layer_config_list(layers: Sequence[LayerSpec], ratios: Sequence[float]) -> list[dict[str, Any]]:
+    """One sub-config per layer: ``{'op_names': [name], 'sparse_ratio': r, ...}``."""
+    return [{"op_names": [layer.name], "sparse_ratio": float(r), **copy.deepcopy(layer.extra)}
+            for layer, r in zip(layers, ratios, strict=True)]
+
+
+def weighted_ratio(layers: Sequence[LayerSpec], ratios: Sequence[float]) -> float:
+    """The ratios' average weighted by the layers' weight sizes."""
+    total = sum(layer.numel for layer in layers)
+    return sum(layer.numel * r for layer, r in zip(layers, ratios, strict=True)) / max(total, 1)
+
+
+def group_targets(layers: Sequence[LayerSpec], fraction: Callable[[float], float] = lambda r: r) -> dict[int, float]:
+    """``{group: fraction(target)}``: the total ratio each sub-config asks for."""
+    return {layer.group: fraction(layer.target) for layer in layers}
+
+
+def _clipped_sum(s: float, w: list[float], x: list[float], lo: list[float], hi: list[float]) -> float:
+    return sum(wk * min(max(s * xk, lk), hk) for wk, xk, lk, hk in zip(w, x, lo, hi, strict=True))
+
+
+def rescale(
+    values: Sequence[float],
+    layers: Sequence[LayerSpec],
+    targets: Mapping[int, float],
+    lower: Sequence[float] | None = None,
+) -> list[float]:
+    """Scale ``values`` per group so that each group's weighted average equals its target.
+
+    Every ratio stays in ``[max(lower, layer.lo), layer.hi]``; a scale factor per group is found
+    by bisection (the clipped weighted average grows with it). A target out of reach ends at the
+    nearest bound.
+    """
+    lower = list(lower) if lower is not None else [0.0] * len(layers)
+    out = [0.0] * len(layers)
+    for group, target in targets.items():
+        idx = [i for i, layer in enumerate(layers) if layer.group == group]
+        lo = [min(max(lower[i], layers[i].lo), layers[i].hi) for i in idx]
+        hi = [layers[i].hi for i in idx]
+        w = [float(layers[i].numel) for i in idx]
+        x = [max(float(values[i]), 1e-6) for i in idx]
+        want = target * sum(w)
+        s_lo, s_hi = 0.0, max(h / xk for h, xk in zip(hi, x, strict=True))
+        if _clipped_sum(s_hi, w, x, lo, hi) <= want:
+            s = s_hi
+        elif _clipped_sum(s_lo, w, x, lo, hi) >= want:
+            s = s_lo
+        else:
+            for _ in range(100):
+                mid = (s_lo + s_hi) / 2
+                s_lo, s_hi = (mid, s_hi) if _clipped_sum(mid, w, x, lo, hi) < want else (s_lo, mid)
+            s = (s_lo + s_hi) / 2
+        for j, i in enumerate(idx):
+            out[i] = round(min(max(s * x[j], lo[j]), hi[j]), 9)
+    return out
+
+
+def require_scores(best_result_mode: str, algorithm: str) -> None:
+    if best_result_mode not in ("maximize", "minimize"):
+        raise ValueError(f"{algorithm} compares scores: best_result_mode must be 'maximize' or 'minimize', "
+                         f"got {best_result_mode!r} (give the pruner an evaluator)")
+
+
+# -- rounds of parallel candidates -----------------------------------------------------------------
+class CandidateRound:
+    """Candidates handed out together and decided on together once all of them are told.
+
+    ``items`` are JSON data (an allocation, a layer index...). Results are stored by candidate
+    index, so the decision does not depend on the order they arrive in.
+    """
+
+    def __init__(self, items: Sequence[Any] = ()) -> None:
+        self.items: list[Any] = list(items)
+        self.next = 0
+        self.told: dict[int, tuple[int, float | None]] = {}
+
+    def take(self, n: int) -> list[tuple[int, Any]]:
+        out = [(i, self.items[i]) for i in range(self.next, min(self.next + n, len(self.items)))]
+        self.next += len(out)
+        return out
+
+    def record(self, index: int, task_id: int, score: float | None) -> None:
+        self.told[index] = (task_id, score)
+
+    def complete(self, more_allowed: bool) -> bool:
+        """All handed-out candidates told, and nothing left to hand out (or no budget for it)."""
+        return len(self.told) == self.next and (self.next == len(self.items) or not more_allowed) and self.next > 0
+
+    def outcomes(self) -> list[tuple[int, Any, int, float | None]]:
+        """``(index, item, task_id, score)`` of the told candidates in index order."""
+        return [(i, self.items[i], *self.told[i]) for i in sorted(self.told)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": copy.deepcopy(self.items), "next": self.next,
+                "told": {str(i): [t, s] for i, (t, s) in self.told.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CandidateRound:
+        r = cls(data["items"])
+        r.next = int(data["next"])
+        r.told = {int(i): (int(t), s) for i, (t, s) in data["told"].items()}
+        return r
+
+
+def better(a: float | None, b: float | None, sign: float) -> bool:
+    """``a`` beats ``b`` (``None``: no score, beaten by any score)."""
+    return a is not None and (b is None or sign * (a - b) > 0)
+
+
+# -- the annealer ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AnnealingSchedule:
+    """Temperatures and neighbourhood of a simulated annealing search (NNI's defaults).
+
+    The perturbation magnitude shrinks with the temperature:
+    ``perturbation_magnitude * T / start_temperature`` per layer, uniform in ``[-m, m]``.
+    """
+
+    start_temperature: float = 100.0
+    stop_temperature: float = 20.0
+    cool_down_rate: float = 0.9
+    perturbation_magnitude: float = 0.35
+    neighbours_per_temperature: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.stop_temperature < self.start_temperature:
+            raise ValueError(f"need 0 < stop_temperature < start_temperature, got {self.stop_temperature!r} "
+                             f"and {self.start_temperature!r}")
+        if not 0 < self.cool_down_rate < 1:
+            raise ValueError(f"cool_down_rate must be in (0, 1), got {self.cool_down_rate!r}")
+        if not 0 < self.perturbation_magnitude <= 1:
+            raise ValueError(f"perturbation_magnitude must be in (0, 1], got {self.perturbation_magnitude!r}")
+        n = self.neighbours_per_temperature
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"neighbours_per_temperature must be a positive int, got {n!r}")
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any] | None) -> AnnealingSchedule:
+        params = dict(params or {})
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"sa_params: unknown key {sorted(unknown)[0]!r}; valid: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**params)
+
+    def rounds(self) -> int:
+        """Neighbour rounds until the temperature falls to ``stop_temperature``."""
+        return math.ceil(math.log(self.stop_temperature / self.start_temperature) / math.log(self.cool_down_rate) - 1e-9)
+
+
+class Annealer:
+    """Metropolis search over allocations of ``layers``; its state is plain JSON.
+
+    Round 0 evaluates the initial allocation; every later round hands out neighbours of the
+    current allocation, decides on them in candidate order, then cools.
+    """
+
+    def __init__(self, layers: Sequence[LayerSpec], schedule: AnnealingSchedule, sign: float) -> None:
+        self.layers = list(layers)
+        self.schedule = schedule
+        self.sign = sign
+        self._reset()
+
+    def _reset(self) -> None:
+        self.targets: dict[int, float] = {}
+        self.lower: list[float] = [0.0] * len(self.layers)
+        self.temperature = self.schedule.start_temperature
+        self.round_index = -1
+        self.round: CandidateRound | None = None
+        self.current: list[float] | None = None
+        self.current_score: float | None = None
+        self.best: list[float] | None = None
+        self.best_score: float | None = None
+        self.done = False
+        self.decisions: list[dict[str, Any]] = []
+
+    def start(self, initial: Sequence[float], targets: Mapping[int, float], lower: Sequence[float] | None = None) -> None:
+        self._reset()
+        self.targets = dict(targets)
+        self.lower = list(lower) if lower is not None else [0.0] * len(self.layers)
+        self.current = list(initial)
+        self.round_index = 0
+        self.round = CandidateRound([list(initial)])
+
+    def open_round(self, rng: random.Random) -> None:
+        """Perturb the current allocation ``neighbours_per_temperature`` times."""
+        assert self.current is not None
+        magnitude = self.schedule.perturbation_magnitude * self.temperature / self.schedule.start_temperature
+        items = []
+        for _ in range(self.schedule.neighbours_per_temperature):
+            moved = [r + rng.uniform(-magnitude, magnitude) for r in self.current]
+            items.append(rescale(moved, self.layers, self.targets, self.lower))
+        self.round_index += 1
+        self.round = CandidateRound(items)
+
+    def close_round(self, rng: random.Random) -> None:
+        """Accept or reject each told candidate (Metropolis, in candidate order), then cool."""
+        assert self.round is not None
+        for index, alloc, task_id, score in self.round.outcomes():
+            if self.round_index == 0:
+                accepted = True
+            elif score is None:
+                accepted = False
+            elif self.current_score is None or self.sign * (score - self.current_score) > 0:
+                accepted = True
+            else:
+                delta = self.sign * (score - self.current_score)
+                accepted = rng.random() < math.exp(delta / self.temperature)
+            if accepted:
+                self.current, self.current_score = list(alloc), score
+            if self.best is None or better(score, self.best_score, self.sign):
+                self.best, self.best_score = list(alloc), score
+            self.decisions.append({"task_id": task_id, "round": self.round_index, "candidate": index,
+                                   "score": score, "accepted": accepted, "temperature": self.temperature})
+        if self.round_index > 0:
+            self.temperature *= self.schedule.cool_down_rate
+            if self.temperature <= self.schedule.stop_temperature * (1 + 1e-12):
+                self.done = True
+        self.round = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "targets": {str(g): t for g, t in self.targets.items()}, "lower": list(self.lower),
+            "temperature": self.temperature, "round_index": self.round_index,
+            "round": self.round.to_json() if self.round is not None else None,
+            "current": self.current, "current_score": self.current_score,
+            "best": self.best, "best_score": self.best_score, "done": self.done,
+            "decisions": copy.deepcopy(self.decisions),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.targets = {int(g): float(t) for g, t in state["targets"].items()}
+        self.lower = [float(x) for x in state["lower"]]
+        self.temperature = float(state["temperature"])
+        self.round_index = int(state["round_index"])
+        self.round = CandidateRound.from_json(state["round"]) if state["round"] is not None else None
+        self.current, self.current_score = state["current"], state["current_score"]
+        self.best, self.best_score = state["best"], state["best_score"]
+        self.done = bool(state["done"])
+        self.decisions = copy.deepcopy(list(state["decisions"]))
+
+
+# -- the task generator ------------------------------------------------------------------------------
+class SimulatedAnnealingTaskGenerator(TaskGenerator):
+    """Simulated annealing over per-layer ratios with a total ratio per sub-config.
+
+    Args:
+        origin_model, origin_masks, origin_config_list, log_dir, keep_intermediate_result,
+            best_result_mode: as for :class:`~search.scheduling.TaskGenerator` (the mode must be
+            ``'maximize'`` or ``'minimize'``: annealing compares scores).
+        start_temperature, stop_temperature, cool_down_rate, perturbation_magnitude: NNI's
+            schedule; the temperature is multiplied by ``cool_down_rate`` after every round.
+        neighbours_per_temperature: candidates per round (handed out together).
+        max_layer_ratio: the highest ratio a layer may get (unless its ``max_sparse_ratio`` is lower).
+        max_trials, constraints, seed: the budget, cost bounds and random seed.
+
+    Each task's ``params`` hold ``round``, ``candidate``, ``temperature``, the requested
+    ``ratios`` per layer and their weighted ``requested_sparsity``; ``result.sparsity`` is what
+    the pruner achieved.
+    """
+
+    def __init__(
+        self,
+        origin_model: nn.Module | None,
+        origin_masks: dict[str, dict[str, Tensor]] | None = None,
+        origin_config_list: list[dict[str, Any]] | None = None,
+        log_dir: str | None = ".",
+        keep_intermediate_result: bool = False,
+        best_result_mode: str = "maximize",
+        *,
+        start_temperature: float = 100.0,
+        stop_temperature: float = 20.0,
+        cool_down_rate: float = 0.9,
+        perturbation_magnitude: float = 0.35,
+        neighbours_per_temperature: int = 4,
+        max_layer_ratio: float = 0.95,
+        max_trials: int | None = None,
+        constraints: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(origin_model, origin_masks, origin_config_list, log_dir, keep_intermediate_result,
+                         best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed)
+        require_scores(best_result_mode, type(self).__name__)
+        if origin_model is None:
+            raise ValueError(f"{type(self).__name__} needs origin_model to find the layers to allocate")
+        self.schedule = AnnealingSchedule(start_temperature, stop_temperature, cool_down_rate,
+                                          perturbation_magnitude, neighbours_per_temperature)
+        self.layers = allocation_layers(origin_model, self.origin_config_list, max_layer_ratio)
+        targets = group_targets(self.layers)
+        self.annealer = Annealer(self.layers, self.schedule, 1.0 if best_result_mode == "maximize" else -1.0)
+        self.annealer.start(rescale([targets[layer.group] for layer in self.layers], self.layers, targets), targets)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the search ended (``None`` while it goes on)."""
+        a = self.annealer
+        if a.done:
+            return (f"temperature {a.temperature:.4g} fell to stop_temperature {self.schedule.stop_temperature:g} "
+                    f"after {a.round_index} rounds")
+        if not self._budget_left() and not self.pending():
+            return f"trial budget max_trials={self.max_trials} used up"
+        return None
+
+    def _budget_left(self) -> bool:
+        return self.max_trials is None or len(self.tasks) < self.max_trials
+
+    def _propose(self, n: int) -> list[Proposal]:
+        a = self.annealer
+        if a.done:
+            return []
+        if a.round is None:
+            a.open_round(self.rng)
+        assert a.round is not None
+        return [self._proposal(a.round_index, index, alloc) for index, alloc in a.round.take(n)]
+
+    def _proposal(self, round_index: int, index: int, alloc: list[float]) -> Proposal:
+        return Proposal(per_layer_config_list(self.layers, alloc), None, {
+            "round": round_index, "candidate": index, "temperature": self.annealer.temperature,
+            "ratios": {layer.name: r for layer, r in zip(self.layers, alloc, strict=True)},
+            "requested_sparsity": weighted_ratio(self.layers, alloc),
+        })
+
+    def _observe(self, result: TaskResult) -> None:
+        a = self.annealer
+        params = self.tasks[result.task_id].params
+        if a.round is None or params.get("round") != a.round_index:
+            return
+        a.round.record(int(params["candidate"]), result.task_id, result.score if result.ok else None)
+        if a.round.complete(self._budget_left()):
+            a.close_round(self.rng)
+
+    def _finished(self) -> bool:
+        return self.annealer.done
+
+    def _algo_state(self) -> dict[str, Any]:
+        return {"annealer": self.annealer.state_dict()}
+
+    def _load_algo_state(self, state: dict[str, Any]) -> None:
+        self.annealer.load_state_dict(state["annealer"])
+
+
+# -- pruner classes ----------------------------------------------------------------------------------
+class SearchPruner:
+    """What the search pruners share: a generator driven by a :class:`PruningScheduler`."""
+
+    task_generator: TaskGenerator
+    scheduler: PruningScheduler
+
+    def compress(self) -> None:
+        """Run the search to its end."""
+        self.scheduler.compress()
+
+    def get_best_result(self) -> Any:
+        """``(task_id, compact_model, masks, score, config_list)`` of the best feasible result, or ``None``."""
+        return self.scheduler.get_best_result()
+
+
+class SimulatedAnnealingPruner(SearchPruner):
+    """``SimulatedAnnealingPruner(model, config_list, evaluator, ...)`` with NNI's arguments.
+
+    Args:
+        model: the model to prune (not modified: each trial works on a copy).
+        config_list: layers and a total ratio per sub-config.
+        evaluator: ``evaluator(model) -> score`` (required: annealing compares scores).
+        start_temperature, stop_temperature, cool_down_rate, perturbation_magnitude: the schedule.
+        pruning_algorithm: the pruner each trial runs (a registered name or class).
+        pruning_params: extra arguments for that pruner.
+        log_dir, keep_intermediate_result, finetuner, speedup, dummy_input: as in NNI.
+        neighbours_per_temperature, max_layer_ratio, best_result_mode, max_trials, constraints,
+            seed: see :class:`SimulatedAnnealingTaskGenerator`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: list[dict[str, Any]],
+        evaluator: Callable[[nn.Module], float],
+        start_temperature: float = 100.0,
+        stop_temperature: float = 20.0,
+        cool_down_rate: float = 0.9,
+        perturbation_magnitude: float = 0.35,
+        pruning_algorithm: str | type[Pruner] = "level",
+        pruning_params: Mapping[str, Any] | None = None,
+        log_dir: str | None = ".",
+        keep_intermediate_result: bool = False,
+        finetuner: Callable[[nn.Module], Any] | None = None,
+        speedup: bool = False,
+        dummy_input: Any = None,
+        *,
+        neighbours_per_temperature: int = 4,
+        max_layer_ratio: float = 0.95,
+        best_result_mode: str = "maximize",
+        max_trials: int | None = None,
+        constraints: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if evaluator is None:
+            raise ValueError("SimulatedAnnealingPruner needs an evaluator: annealing compares scores")
+        self.task_generator = SimulatedAnnealingTaskGenerator(
+            model, None, config_list, log_dir, keep_intermediate_result, best_result_mode,
+            start_temperature=start_temperature, stop_temperature=stop_temperature, cool_down_rate=cool_down_rate,
+            perturbation_magnitude=perturbation_magnitude, neighbours_per_temperature=neighbours_per_temperature,
+            max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed,
+        )
+        self.scheduler = PruningScheduler(pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup,
+                                          dummy_input=dummy_input, evaluator=evaluator, pruner_kwargs=pruning_params)
