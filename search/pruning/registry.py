@@ -30,6 +30,10 @@ PRUNERS: dict[str, type[Pruner]] = {
 }
 
 
+# Pruners defined outside search.pruning, imported when first asked for.
+_LAZY: dict[str, str] = {"admm": "search.algorithms.autocompress:ADMMPruner"}
+
+
 def register_pruner(name: str, cls: type[Pruner], *, overwrite: bool = False) -> None:
     if name in PRUNERS and not overwrite:
         raise ValueError(f"a pruner named {name!r} is registered already")
@@ -42,10 +46,16 @@ def get_pruner_class(name: str) -> type[Pruner]:
     """The pruner class for a registered name (also accepts class names like ``'L1NormPruner'``)."""
     if name in PRUNERS:
         return PRUNERS[name]
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        module, _, attr = _LAZY[name].partition(":")
+        PRUNERS[name] = getattr(importlib.import_module(module), attr)
+        return PRUNERS[name]
     for cls in PRUNERS.values():
         if cls.__name__ == name:
             return cls
-    raise KeyError(f"unknown pruner {name!r}; valid: {', '.join(sorted(PRUNERS))}")
+    raise KeyError(f"unknown pruner {name!r}; valid: {', '.join(sorted(set(PRUNERS) | set(_LAZY)))}")
 
 
 def make_pruner(
