@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from search.speedup.dependency import auto_set_dependency_group_ids, channel_groups
+from search.speedup.export import check_onnx, export_onnx, export_pt2, load_pt2
 from search.speedup.persist import load_compact_model, resolve_factory, save_compact_model
 from search.speedup.report import ModuleRow, SpeedupReport
 from search.speedup.shrink import SpeedupPlan, apply_plan
@@ -33,4 +34,8 @@ __all__ = [
     "save_compact_model",
     "auto_set_dependency_group_ids",
     "channel_groups",
+    "check_onnx",
+    "export_onnx",
+    "export_pt2",
+    "load_pt2",
 ]
