@@ -109,6 +109,9 @@ class ModuleWrapper:
         method = getattr(self.config.get(target_name), "apply_method", "mul")
         if mask.dim() < value.dim() and mask.shape != value.shape[-mask.dim() :] and value.dim() == mask.dim() + 1:
             mask = mask.unsqueeze(0)
+        if value.is_floating_point() and mask.dtype != value.dtype:
+            # Masks are kept in float32; a half/bfloat16 model must not be promoted by them.
+            mask = mask.to(value.dtype)
         if method == "add":
             return value + (1.0 - mask) * ADD_MASK_VALUE
         return value * mask
@@ -134,6 +137,12 @@ class ModuleWrapper:
                 names.append("_input_")
         if key is not None:
             names.append(f"_input_{key}")
+            # The same argument passed by keyword: its positional targets apply too.
+            if key in self._arg_names:
+                index = self._arg_names.index(key)
+                names.append(f"_input_{index}")
+                if index == 0:
+                    names.append("_input_")
         return names
 
     def _process(self, names: list[str], value: Any) -> Any:

@@ -230,6 +230,14 @@ class SparsityAllocator:
         for ui, unit in enumerate(units):
             n = unit.metric.numel()
             lo, hi = _bounds(unit.setting, n)
+            if n and float(unit.counts.max()) > 1:
+                # Channels/blocks of different layers are not comparable raw (a 9-weight filter's L1
+                # norm vs a 576-weight one's): rank by importance relative to the layer's mean, as
+                # Torch-Pruning does, so no layer is emptied just for being small.
+                finite = unit.metric[torch.isfinite(unit.metric)]
+                scale = float(finite.abs().mean()) if finite.numel() else 0.0
+                if scale > 0:
+                    unit.metric = unit.metric / scale
             order = torch.argsort(unit.metric, stable=True)
             ranks_per_unit.append((order, lo))
             forced += float(unit.counts[order[:lo]].sum().item())

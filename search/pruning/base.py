@@ -59,6 +59,7 @@ class Pruner:
         self._io_shapes: dict[tuple[str, str], tuple[int, ...]] = {}
         self._collectors: dict[int, tuple[dict[str, list[Any]], list[Any]]] = {}
         self._collector_id = 0
+        self._wrapped = False
         self.wrap_model()
 
     # -- config helpers ----------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class Pruner:
             self._wrappers[name] = ModuleWrapper(self._modules[name], name, targets)
             for target, mask in self._masks.get(name, {}).items():
                 self._wrappers[name].set_mask(target, mask)
+        self._wrapped = True
 
     def unwrap_model(self) -> None:
         """Restore every module's own forward; masks are kept by the pruner (see ``get_masks``)."""
@@ -145,6 +147,7 @@ class Pruner:
         for wrapper in self._wrappers.values():
             wrapper.unwrap()
         self._wrappers.clear()
+        self._wrapped = False
 
     _unwrap_model = unwrap_model
     _wrap_model = wrap_model
@@ -187,20 +190,34 @@ class Pruner:
 
     # -- masks -------------------------------------------------------------------------------------
     def load_masks(self, masks: Mapping[str, Mapping[str, Tensor]]) -> None:
-        """Apply masks (e.g. from an earlier run); unknown modules or shape mismatches raise."""
+        """Apply masks (e.g. from an earlier run); unknown modules or shape mismatches raise.
+
+        While the model is unwrapped (after :meth:`unwrap_model`) the masks are only kept, next to
+        the other kept masks, and :meth:`wrap_model` applies them.
+        """
         for module_name, targets in masks.items():
             if module_name not in self._modules:
                 raise ValueError(f"masks name a module {module_name!r} that is not in the model")
+            config = self.module_configs.setdefault(module_name, {t: TargetSetting(source=-1) for t in targets})
+            if not self._wrapped:
+                for target, mask in targets.items():
+                    value = getattr(self._modules[module_name], target, None)
+                    if not is_io_target(target) and (not isinstance(value, Tensor) or value.shape != mask.shape):
+                        shape = tuple(value.shape) if isinstance(value, Tensor) else None
+                        raise ValueError(
+                            f"{module_name}.{target}: mask shape {tuple(mask.shape)} != target shape {shape}"
+                        )
+                    self._masks.setdefault(module_name, {})[target] = mask.detach().float()
+                continue
             if module_name not in self._wrappers:
-                config = {t: TargetSetting(source=-1) for t in targets}
-                self.module_configs.setdefault(module_name, config)
                 self._wrappers[module_name] = ModuleWrapper(self._modules[module_name], module_name, config)
             for target, mask in targets.items():
                 self._wrappers[module_name].set_mask(target, mask)
-        self._masks = self.get_masks()
+        if self._wrapped:
+            self._masks = self.get_masks()
 
     def get_masks(self) -> Masks:
-        if not self._wrappers:
+        if not self._wrapped:
             return {m: dict(t) for m, t in self._masks.items()}
         return {name: w.masks for name, w in self._wrappers.items() if w.masks}
 

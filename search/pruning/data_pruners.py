@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -107,8 +108,13 @@ class SlimPruner(_EvaluatorPruner):
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]], evaluator: Evaluator,
                  training_steps: int, regular_scale: float = 1.0, **kwargs: Any) -> None:
-        if regular_scale < 0:
-            raise ValueError(f"regular_scale must be >= 0, got {regular_scale}")
+        if (
+            isinstance(regular_scale, bool)
+            or not isinstance(regular_scale, int | float)
+            or not math.isfinite(regular_scale)
+            or regular_scale < 0
+        ):
+            raise ValueError(f"regular_scale must be a finite number >= 0, got {regular_scale!r}")
         self.regular_scale = regular_scale
         super().__init__(model, config_list, evaluator, training_steps, **kwargs)
         for name, target in self.metric_targets():

@@ -159,17 +159,30 @@ class InTrainingPruner(BasicPruner):
                 scores[(name, target)] = param.detach().clone()
         return scores
 
+    def _element_importance(self, score: Tensor) -> Tensor:
+        """Per-element importance whose block sums rank like the criterion (for EMA/accumulation).
+
+        ``l1``/``level``: ``|w|``; ``l2``: ``w**2`` (its block sum ranks as the L2 norm does);
+        ``fpgm``: ``w`` itself (distances need the signs); ``taylor``: already ``(w*grad)**2``.
+        """
+        if self.criterion in ("taylor", "fpgm"):
+            return score
+        if self.criterion == "l2":
+            return score * score
+        return score.abs()
+
     def _before_step(self, *_: Any) -> None:
         if not self._needs_scores_every_step() or self.finished:
             return
         alpha = self.ema_alpha if self.ema_alpha is not None else 0.0
         for key, score in self._current_scores().items():
+            score = self._element_importance(score)
             if self.criterion == "taylor" and self.ema_alpha is None:
                 self._ema[key] = self._ema[key] + score if key in self._ema else score
             elif key in self._ema:
-                self._ema[key] = alpha * self._ema[key] + (1 - alpha) * score.abs()
+                self._ema[key] = alpha * self._ema[key] + (1 - alpha) * score
             else:
-                self._ema[key] = score.abs() if self.criterion != "taylor" else score
+                self._ema[key] = score
 
     def _after_step(self, *_: Any) -> None:
         self.steps += 1
@@ -187,7 +200,10 @@ class InTrainingPruner(BasicPruner):
             self._ema.clear()
 
     def _scores(self) -> dict[str, dict[str, Any]]:
-        scores = dict(self._ema) if self._needs_scores_every_step() and self._ema else self._current_scores()
+        if self._needs_scores_every_step():
+            scores = dict(self._ema) or {k: self._element_importance(v) for k, v in self._current_scores().items()}
+        else:
+            scores = self._current_scores()
         data: dict[str, dict[str, Any]] = {}
         for (name, target), value in scores.items():
             data.setdefault(name, {})[target] = value
