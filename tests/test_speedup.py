@@ -108,8 +108,7 @@ CASES: dict[str, Case] = {
         Case("attention", PATTERNS["attention"]),
         Case("attention_sdpa", PATTERNS["attention_sdpa"], explains={"q_proj": "head size", "k_proj": "head size"}),
         Case("attention_size_scale", PATTERNS["attention_size_scale"],
-             bug="speedup bug: a size read with x.size() and used as a number (q.size(-1) ** -0.5) is not "
-                 "pinned, so shrinking the head size changes the scale -> SpeedupError instead of keeping it"),
+             explains={"q_proj": "size is used as a number"}),
         Case("flatten_linear", PATTERNS["flatten_linear"]),
         Case("shared_module", PATTERNS["shared_module"]),
         Case("conv1d", PATTERNS["conv1d"]),
@@ -476,11 +475,6 @@ def test_bad_masks_raise_and_leave_the_model_unchanged(kind: str) -> None:
         pruner.unwrap_model()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="speedup bug (spec mismatch): invalid masks (wrapped module, wrong shape, unknown module) raise "
-    "ValueError, not the SpeedupError the brief specifies (a SpeedupError subclassing ValueError would do both)",
-)
 @pytest.mark.parametrize("kind", ["wrapped", "wrong_shape"])
 def test_bad_masks_raise_speedup_error(kind: str) -> None:
     model, x = PATTERNS["concat"]()
@@ -533,11 +527,6 @@ def test_training_mode_is_restored() -> None:
     assert model.training and all(m.training for m in model.modules())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="speedup bug: speedup_model() ends with model.train(was_training), which resets every "
-    "submodule's mode (a frozen BN in eval inside a training model comes back in training mode)",
-)
 def test_mixed_module_modes_are_restored() -> None:
     model, x = PATTERNS["depthwise"]()
     model.train()
@@ -581,7 +570,6 @@ def _assert_speedup_exact(model: nn.Module, x: Any, masks: dict[str, dict[str, T
     return speedup
 
 
-@pytest.mark.xfail(strict=True, raises=SpeedupError, reason=CASES["attention_size_scale"].bug)
 def test_bug_size_used_as_a_number() -> None:
     class SizeAsNumber(nn.Module):
         def __init__(self) -> None:
@@ -598,12 +586,6 @@ def test_bug_size_used_as_a_number() -> None:
     _assert_speedup_exact(model, torch.randn(2, 4), masks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SpeedupError,
-    reason="speedup bug: constant folding into a module called twice (shared 1x1 conv) adds both calls' "
-    "folded constants into its single bias -> SpeedupError",
-)
 def test_bug_constant_folding_into_a_shared_module() -> None:
     class Shared(nn.Module):
         def __init__(self) -> None:
@@ -624,12 +606,6 @@ def test_bug_constant_folding_into_a_shared_module() -> None:
     _assert_speedup_exact(model, torch.randn(1, 3, 4, 4), masks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SpeedupError,
-    reason="speedup bug: constant folding treats torch.add(x, y, alpha=a) as x + y and torch.rsub(x, y) as "
-    "x + y -> wrong folded bias -> SpeedupError",
-)
 @pytest.mark.parametrize("op", ["add_alpha", "rsub"])
 def test_bug_constant_folding_of_add_variants(op: str) -> None:
     class AddVariant(nn.Module):
@@ -647,12 +623,6 @@ def test_bug_constant_folding_of_add_variants(op: str) -> None:
     _assert_speedup_exact(model, torch.randn(1, 3, 4, 4), masks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SpeedupError,
-    reason="speedup bug: an in-place op whose result is unused (y.add_(1.0)) is not seen as changing y; "
-    "y's masked channels are treated as zero -> SpeedupError",
-)
 def test_bug_in_place_mutation() -> None:
     class InPlace(nn.Module):
         def __init__(self) -> None:
@@ -670,11 +640,6 @@ def test_bug_in_place_mutation() -> None:
     _assert_speedup_exact(model, torch.randn(1, 3, 4, 4), masks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="speedup bug: a parameter shared by two modules (tied embedding / output weights) is sliced "
-    "for one of them only: the tie is broken and the compact model has MORE parameters",
-)
 def test_bug_tied_weights_stay_tied() -> None:
     class Tied(nn.Module):
         def __init__(self) -> None:
@@ -695,11 +660,6 @@ def test_bug_tied_weights_stay_tied() -> None:
     assert model.out.weight is model.embed.weight
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report bug: the channel kept so that a fully masked layer keeps one output is explained as "
-    "'no tensor depends on it'",
-)
 def test_bug_report_explains_the_channel_kept_to_avoid_an_empty_layer() -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     speedup = ModelSpeedup(model, torch.randn(3, 4), {"0": {"weight": torch.zeros(8, 4), "bias": torch.zeros(8)}})
@@ -708,10 +668,6 @@ def test_bug_report_explains_the_channel_kept_to_avoid_an_empty_layer() -> None:
     assert "no tensor depends on it" not in speedup.report.row("0").kept
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report bug: a masked module the dummy input never reaches (another branch) gets no report row",
-)
 def test_bug_report_lists_masked_modules_outside_the_trace() -> None:
     class Branchy(nn.Module):
         def __init__(self) -> None:

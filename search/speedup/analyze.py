@@ -57,6 +57,13 @@ class Analyzer:
         self.backward: list[Callable[[], None]] = []
         self.unsupported: dict[str, str] = {}
         self.folds: list[Fold] = []
+        self._by_tensor: dict[int, Value] = {}
+        #: every (module, attr) that holds a parameter Value's tensor (several when weights are tied)
+        self.owners: dict[str, list[tuple[str, str]]] = {}
+        self.call_counts: dict[str, int] = {}
+        for n in traced.graph.nodes:
+            if n.op == "call_module":
+                self.call_counts[str(n.target)] = self.call_counts.get(str(n.target), 0) + 1
 
     # -- helpers used by rules --------------------------------------------------------------------
     def concrete(self, a: Any) -> Any:
@@ -86,8 +93,15 @@ class Analyzer:
         tensor = getattr(owner, attr, None) if owner is not None else None
         if not isinstance(tensor, torch.Tensor):
             return None
+        shared = self._by_tensor.get(id(tensor))
+        if shared is not None:  # tied weights: one set of positions, sliced once, assigned to all owners
+            self.params[key] = shared
+            self.owners[shared.key].append(key)
+            return shared
         value = self.g.new_value(f"{module_name}.{attr}" if module_name else attr, tuple(tensor.shape), is_param=True)
         self.params[key] = value
+        self._by_tensor[id(tensor)] = value
+        self.owners[value.key] = [key]
         if with_zero:  # only tensors used directly as graph values need their zero facts
             for axis in range(value.ndim):
                 value.zero[axis] = slice_zero(tensor.detach(), axis)
@@ -155,10 +169,66 @@ class Analyzer:
                 handled = dispatch(self, node)
                 if not handled:
                     self.unknown(node)
+                self._alias_in_place(node)
         self._pin_decisions()
+        self._pin_numeric_sizes()
         for fn in reversed(self.backward):
             fn()
         return self.g
+
+    def _alias_in_place(self, node: fx.Node) -> None:
+        """After ``y.add_(1)`` or ``ReLU(inplace=True)(y)``, later readers of ``y`` see the result."""
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return
+        name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+        in_place = (
+            (node.op in ("call_method", "call_function") and name.endswith("_") and not name.endswith("__"))
+            or node.kwargs.get("inplace") is True
+            or (node.op == "call_module" and getattr(self.modules.get(str(node.target)), "inplace", False) is True)
+            or name in ("iadd", "isub", "imul", "itruediv")
+        )
+        out = self.node_values.get(node.name)
+        if in_place and isinstance(out, Value):
+            self.node_values[node.args[0].name] = out
+
+    def _pin_numeric_sizes(self) -> None:
+        """A tensor size used as a number (``x / x.size(1)``, ``d ** -0.5``) must not change."""
+        shape_args = {"view", "reshape", "expand", "unflatten", "new_zeros", "new_ones", "new_empty", "new_full",
+                      "zeros", "ones", "empty", "full", "arange", "randn", "rand", "repeat", "tile"}
+        for node in self.traced.graph.nodes:
+            name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+            is_size = (node.op == "call_method" and name in ("size", "dim", "numel")) or (
+                node.op == "call_function" and name == "getattr" and len(node.args) > 1 and node.args[1] == "shape"
+            )
+            source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            value = self.node_values.get(source.name) if source is not None else None
+            if not is_size or not isinstance(value, Value):
+                continue
+            if not self._size_used_as_number(node, shape_args):
+                continue
+            axes = range(value.ndim)
+            if name == "size" and len(node.args) > 1 and isinstance(node.args[1], int):
+                axes = [node.args[1] % value.ndim]
+            for axis in axes:
+                self.g.pin(value, axis, f"its size is used as a number at node {node.name}")
+
+    def _size_used_as_number(self, start: fx.Node, shape_args: set[str]) -> bool:
+        stack, seen = list(start.users), set()
+        while stack:
+            user = stack.pop()
+            if user.name in seen:
+                continue
+            seen.add(user.name)
+            name = str(user.target) if user.op == "call_method" else getattr(user.target, "__name__", "")
+            produced = self.traced.values.get(user.name)
+            if user.op == "output":
+                return True
+            if isinstance(produced, torch.Tensor) or _has_tensor(produced):
+                if name in shape_args:
+                    continue
+                return True
+            stack.extend(user.users)
+        return False
 
     def _pin_decisions(self) -> None:
         """Python control flow looked at these values: the tensor sizes they come from must stay."""

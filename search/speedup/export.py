@@ -197,13 +197,15 @@ def check_onnx(path: str | Path, model: nn.Module, dummy_input: Any, atol: float
     return worst
 
 
-def export_pt2(model: nn.Module, dummy_input: Any, path: str | Path) -> Path:
+def export_pt2(model: nn.Module, dummy_input: Any, path: str | Path, *, dynamic_batch: bool = True) -> Path:
     """Capture ``model`` with ``torch.export.export`` and save the ExportedProgram (``.pt2``).
 
     Args:
         model: The model (exported in eval mode; its mode is restored).
         dummy_input: A tensor, a tuple of positional inputs, or a dict of keyword inputs.
         path: Destination file (conventionally ``*.pt2``); parent directories are created.
+        dynamic_batch: make axis 0 of every tensor input dynamic, so the program accepts any
+            batch size (falls back to static shapes, with a warning, if the model pins it).
 
     Returns:
         The path written.
@@ -221,7 +223,20 @@ def export_pt2(model: nn.Module, dummy_input: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     args, kwargs = _split_inputs(dummy_input)
     with _eval_mode(model):
-        program = torch.export.export(model, args, kwargs=kwargs or None)
+        program = None
+        if dynamic_batch:
+            batch = torch.export.Dim("batch", min=1)
+            spec = lambda v: {0: batch} if isinstance(v, torch.Tensor) and v.dim() > 0 else None  # noqa: E731
+            dynamic = {"args": tuple(spec(a) for a in args), "kwargs": {k: spec(v) for k, v in kwargs.items()}}
+            shapes: Any = dynamic["args"] if not kwargs else None
+            # torch.export specialises axes of size 1, so trace with a batch of 2
+            grow = lambda v: v.expand(2, *v.shape[1:]).contiguous() if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 1 else v  # noqa: E731
+            try:
+                program = torch.export.export(model, tuple(grow(a) for a in args), kwargs=kwargs or None, dynamic_shapes=shapes)
+            except Exception as exc:  # the model specialises the batch size somewhere
+                logger.warning("export with a dynamic batch failed (%s); exporting static shapes", type(exc).__name__)
+        if program is None:
+            program = torch.export.export(model, args, kwargs=kwargs or None)
     torch.export.save(program, str(path))
     return path
 

@@ -50,7 +50,8 @@ def module_rule(an: Analyzer, node: fx.Node) -> bool:
         if not isinstance(x, Value):
             return False
         return linear_like(an, node, x, an.param(name, "weight"), an.param(name, "bias"), m.weight.detach(),
-                           None if m.bias is None else m.bias.detach(), fold_into=name)
+                           None if m.bias is None else m.bias.detach(),
+                           fold_into=name if an.call_counts.get(name, 0) == 1 else None)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
         return _conv_transpose(an, node, m, x)
     if isinstance(m, nn.modules.conv._ConvNd):
@@ -156,6 +157,7 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
         out.zero[0] = x.zero[0] & bool(bias_zero.all())
     bvec = np.zeros(cout) if bias is None else bias.double().cpu().numpy()
     no_pad = _constant_safe(m)
+    can_fold = no_pad and an.call_counts.get(name, 0) == 1  # a shared module has one bias for all calls
     if groups == 1:
         an.g.link(w, 1, x, cax)
         only_bias = ~nzpair[:, ~x.zero[cax]].any(axis=1)
@@ -167,12 +169,12 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
             wsum = weight.double().flatten(2).sum(dim=2).cpu()
             row_ok = ~nzpair[:, ~known].any(axis=1)
             out.const[cax] = np.where(row_ok, bvec + (wsum @ torch.from_numpy(np.nan_to_num(c))).numpy(), out.const[cax])
-        if no_pad:
+        if can_fold:
             an.folds.append(Fold(name, x, cax))
 
         def back() -> None:
             col_zero = ~nzpair[~out.ignored[cax]].any(axis=0)
-            if no_pad:
+            if can_fold:
                 col_zero = col_zero | ~np.isnan(x.constants(cax))
             an.use(x, cax, col_zero)
             _use_rest(an, x, out, cax)

@@ -220,7 +220,8 @@ def elementwise(an: Analyzer, node: fx.Node, tensor_nodes: list[fx.Node], kind: 
             if kind == "add":
                 out.zero[b] = np.logical_and.reduce(zs)
                 sign = -1.0 if op_name(node) in ("sub", "isub", "sub_") else 1.0
-                if len(cs) == 2 and scalar is None:
+                plain = "alpha" not in node.kwargs and len(node.args) <= 2 and op_name(node) != "rsub"
+                if len(cs) == 2 and scalar is None and plain:
                     out.const[b] = cs[0] + sign * cs[1]
             elif kind == "mul":
                 out.zero[b] = np.logical_or.reduce(zs)

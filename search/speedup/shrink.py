@@ -113,6 +113,7 @@ def apply_removal(
     changes: dict[str, Change] = {}
     created = apply_folds(modules, folds or [], removable, changes)
     plan = SpeedupPlan(bias_created=sorted(created))
+    sliced: dict[int, torch.Tensor] = {}  # original tensor id -> its new tensor (keeps tied weights tied)
     for (module_name, attr), pv in params.items():
         keeps = {}
         for axis in range(pv.ndim):
@@ -126,10 +127,16 @@ def apply_removal(
         tensor = getattr(module, attr)
         change = _change(changes, module_name, module)
         change.tensors.setdefault(attr, tensor)
+        if id(tensor) in sliced:
+            setattr(module, attr, sliced[id(tensor)]) if isinstance(tensor, nn.Parameter) else _set_tensor(
+                module, attr, sliced[id(tensor)]
+            )
+            continue
         new = tensor.detach()
         for axis, keep in keeps.items():
             new = new.index_select(axis, torch.as_tensor(keep, dtype=torch.long, device=new.device))
         _set_tensor(module, attr, new.clone())
+        sliced[id(tensor)] = getattr(module, attr)
         if attr == "weight" and module_name in created and 0 in keeps:
             # a bias born from folding follows the weight's output rows
             bias = module.bias

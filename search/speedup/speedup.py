@@ -25,8 +25,11 @@ __all__ = ["ModelSpeedup", "SpeedupError"]
 logger = logging.getLogger(__name__)
 
 
-class SpeedupError(RuntimeError):
-    """Speedup could not produce a compact model equal to the masked one (nothing was changed)."""
+class SpeedupError(RuntimeError, ValueError):
+    """Speedup could not produce a compact model equal to the masked one (nothing was changed).
+
+    Also a ``ValueError``: bad masks (unknown module, wrong shape, still wrapped) raise it too.
+    """
 
 
 def _flat_tensors(out: Any) -> list[Tensor]:
@@ -82,9 +85,9 @@ class ModelSpeedup:
         modules = dict(self.model.named_modules())
         for name, targets in self.masks.items():
             if name not in modules:
-                raise ValueError(f"masks name module {name!r}, which is not in the model")
+                raise SpeedupError(f"masks name module {name!r}, which is not in the model")
             if getattr(modules[name], "_ps_wrapper", None) is not None:
-                raise ValueError(f"module {name!r} is still wrapped by a pruner; call pruner.unwrap_model() first")
+                raise SpeedupError(f"module {name!r} is still wrapped by a pruner; call pruner.unwrap_model() first")
             for target, mask in targets.items():
                 if mask is None:
                     continue
@@ -95,7 +98,7 @@ class ModelSpeedup:
                     )
                 value = getattr(modules[name], target, None)
                 if not isinstance(value, Tensor) or tuple(value.shape) != tuple(mask.shape):
-                    raise ValueError(f"{name}.{target}: mask shape {tuple(mask.shape)} does not match the target")
+                    raise SpeedupError(f"{name}.{target}: mask shape {tuple(mask.shape)} does not match the target")
 
     def _apply_masks(self) -> None:
         modules = dict(self.model.named_modules())
@@ -111,7 +114,7 @@ class ModelSpeedup:
         start = time.perf_counter()
         self._check_masks()
         model = self.model
-        was_training = model.training
+        modes = {m: m.training for m in model.modules()}
         model.eval()
         try:
             self._apply_masks()
@@ -145,7 +148,8 @@ class ModelSpeedup:
                 seconds=time.perf_counter() - start,
             )
         finally:
-            model.train(was_training)
+            for module, training in modes.items():
+                module.training = training
         logger.info("speedup: %s", self.report)
         return model
 
@@ -177,11 +181,13 @@ class ModelSpeedup:
         comp_has_value = np.bincount(labels, weights=is_value, minlength=n) > 0
         ok = ~comp_pinned & ~comp_alive & comp_has_value
         # Never empty an axis: keep one component of any tensor axis that would vanish.
+        self._kept_nonempty: set[int] = set()
         for v in g.values:
             for axis in range(v.ndim):
                 ids = v.ids(axis)
                 if ids.size and ok[labels[ids]].all():
                     ok[labels[ids[0]]] = False
+                    self._kept_nonempty.add(int(labels[ids[0]]))
         removable = ok[labels]
         return removable, (labels, comp_pinned, first_reason, reasons, is_value, dead)
 
@@ -211,9 +217,17 @@ class ModelSpeedup:
         for name, targets in self.masks.items():
             mask = targets.get("weight")
             pv = an.params.get((name, "weight"))
+            module = an.modules[name]
+            if mask is not None and pv is None and isinstance(module, nn.Module):
+                out_dim, _ = channel_dims(module)
+                channels = int(mask.shape[out_dim]) if mask.dim() > out_dim else int(mask.numel())
+                other = [d for d in range(mask.dim()) if d != out_dim]
+                masked_n = int((~(mask != 0).any(dim=other)).sum()) if other else int((mask == 0).sum())
+                rows.append(ModuleRow(name, type(module).__name__, channels, masked_n, 0,
+                                      {"not reached by the dummy input": masked_n} if masked_n else {}))
+                continue
             if mask is None or pv is None:
                 continue
-            module = an.modules[name]
             out_dim, _ = channel_dims(module)
             if mask.dim() < 2 and not isinstance(module, nn.modules.batchnorm._NormBase):
                 continue
@@ -224,7 +238,10 @@ class ModelSpeedup:
             kept_reasons: Counter[str] = Counter()
             for pos in np.nonzero(masked & ~gone)[0]:
                 c = int(labels[ids[pos]])
-                kept_reasons[comp_reason.get(c) or describe_live(c) or "no tensor depends on it"] += 1
+                why = comp_reason.get(c) or describe_live(c)
+                if why is None and c in self._kept_nonempty:
+                    why = "kept so that every tensor keeps at least one channel"
+                kept_reasons[why or "no tensor depends on it"] += 1
             rows.append(
                 ModuleRow(
                     module=name,
