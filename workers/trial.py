@@ -348,6 +348,15 @@ def _prune(model: nn.Module, spec: TrialSpec, masks_in: dict[str, dict[str, torc
     return pruner.get_masks(), pruner
 
 
+def _rewind(model: nn.Module, origin: nn.Module) -> None:
+    """Copy the origin weights into ``model`` in place (wrappers and masks untouched)."""
+    with torch.no_grad():
+        own = dict(model.state_dict(keep_vars=True))
+        for key, value in origin.state_dict().items():
+            if key in own:
+                own[key].copy_(value.to(own[key].device))
+
+
 def _apply_masks(model: nn.Module, masks: dict[str, dict[str, torch.Tensor]]) -> None:
     with torch.no_grad():
         for name, targets in masks.items():
@@ -391,8 +400,6 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> TrialResul
             load_weights(model, parent / WEIGHTS_FILE)
             masks = load_masks(parent / MASKS_FILE)
             logger.info("starts from %s (%d masked modules)", parent, len(masks))
-            if spec.reset_weight:  # lottery ticket: the parent's masks on the origin weights
-                model.load_state_dict(origin.state_dict())
 
         if spec.kind == "pretrain":
             epochs = int(spec.task["params"]["pretrain"])
@@ -400,6 +407,10 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> TrialResul
                 _train(model, data, epochs, spec, device, "pretrain", progress)
         else:
             masks, pruner = _prune(model, spec, masks, data, device, progress)
+            if spec.reset_weight and spec.parent_artifact is not None:
+                # lottery ticket: the trained weights were ranked; rewind them to the origin weights
+                # (the masks stay), then train the ticket
+                _rewind(model, origin)
             if settings.finetune_epochs > 0:
                 _train(model, data, settings.finetune_epochs, spec, device, "finetune", progress)
             masks = pruner.get_masks()

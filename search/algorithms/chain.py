@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from search.config import canonicalize_config_list
 from search.pruning import Pruner
 from search.scheduling import Proposal, PruningScheduler, TaskGenerator, TaskResult
 
@@ -56,6 +57,9 @@ class FunctionBasedTaskGenerator(TaskGenerator):
             raise ValueError(f"total_iteration must be a positive int, got {total_iteration!r}")
         kwargs.setdefault("max_trials", total_iteration)
         super().__init__(origin_model, *args, **kwargs)
+        if origin_model is not None:
+            # A bad config list fails here, not at the iteration whose ratio first trips it.
+            canonicalize_config_list(origin_model, self.origin_config_list, mode="pruning")
         self.total_iteration = total_iteration
         self.iteration = 0
         self.last_good: int | None = None

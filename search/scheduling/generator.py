@@ -16,6 +16,7 @@ and, if they keep state of their own, ``_algo_state()`` / ``_load_algo_state(sta
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -182,8 +183,24 @@ class TaskGenerator:
         best = self.best_result()
         if best is None:
             return None
+        if best.model is None and best.compact_model is None:  # e.g. the best came before a resume
+            logged = self.load_logged_model(best.task_id)
+            if logged is not None:
+                best.model, best.masks = logged
         model = best.compact_model if best.compact_model is not None else best.model
         return best.task_id, model, best.masks, best.score, self.tasks[best.task_id].config_list
+
+    def load_logged_model(self, task_id: int) -> tuple[nn.Module, dict[str, dict[str, Tensor]]] | None:
+        """The masked model and masks task ``task_id`` left in ``log_dir`` (``None``: it left none there)."""
+        folder = self.log_dir / str(task_id) if self.log_dir is not None else None
+        if folder is None or self.origin_model is None or not (folder / "model.safetensors").exists():
+            return None
+        from search.pruning.io import load_masks, load_state_dict  # noqa: PLC0415
+
+        model = copy.deepcopy(self.origin_model)
+        model.load_state_dict(load_state_dict(folder / "model.safetensors"))
+        masks = load_masks(folder / "masks.safetensors") if (folder / "masks.safetensors").exists() else {}
+        return model, masks
 
     def _release_models(self) -> None:
         if self.keep_intermediate_result:
@@ -277,3 +294,5 @@ class TaskGenerator:
             from search.pruning.io import save_masks  # noqa: PLC0415
 
             save_masks(result.masks, folder / "masks.safetensors")
+        else:  # not the masks of an earlier best
+            (folder / "masks.safetensors").unlink(missing_ok=True)

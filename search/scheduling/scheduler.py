@@ -111,6 +111,10 @@ class PruningScheduler(BasePruningScheduler):
     ) -> None:
         if task_generator.origin_model is None:
             raise ValueError("the task generator needs origin_model for an in-process search")
+        bounds = task_generator.constraints.to_json()
+        if bounds and dummy_input is None:
+            # without costs every result would count as unpruned (ratio 1.0), so none is feasible
+            raise ValueError(f"dummy_input: needed to measure the constraints {sorted(bounds)}")
         self.pruner = pruner
         self.task_generator = task_generator
         self.finetuner = finetuner
@@ -142,15 +146,10 @@ class PruningScheduler(BasePruningScheduler):
 
     def _load_from_logs(self, task_id: int) -> tuple[nn.Module, Masks]:
         """A parent whose model is not in memory (e.g. after a resume), from the generator's log_dir."""
-        folder = self.task_generator.log_dir / str(task_id) if self.task_generator.log_dir is not None else None
-        if folder is None or not (folder / "model.safetensors").exists():
+        logged = self.task_generator.load_logged_model(task_id)
+        if logged is None:
             raise RuntimeError(f"the model of task {task_id} is neither in memory nor in the log directory")
-        from search.pruning.io import load_masks, load_state_dict  # noqa: PLC0415
-
-        model = copy.deepcopy(self.task_generator.origin_model)
-        model.load_state_dict(load_state_dict(folder / "model.safetensors"))
-        masks = load_masks(folder / "masks.safetensors") if (folder / "masks.safetensors").exists() else {}
-        return model, masks
+        return logged
 
     def pruning_one_step(self, task: Task) -> TaskResult:
         start = time.perf_counter()
@@ -162,8 +161,6 @@ class PruningScheduler(BasePruningScheduler):
 
     def _run(self, task: Task, start: float) -> TaskResult:
         model, masks = self._start_model(task)
-        if self.reset_weight:
-            model.load_state_dict(self._origin_state)
         pruner_name = task.params.get("pruner")
         if pruner_name is not None:
             pruner = make_pruner(pruner_name, model, task.config_list, **self.task_pruners.get(pruner_name, {}))
@@ -174,6 +171,13 @@ class PruningScheduler(BasePruningScheduler):
         if task.config_list:
             _, masks = pruner.compress()
         masks = pruner.get_masks()
+        if self.reset_weight and task.parent_id is not None:
+            # lottery ticket: the trained weights were ranked; rewind them (masks stay), then train
+            with torch.no_grad():
+                own = model.state_dict(keep_vars=True)
+                for key, value in self._origin_state.items():
+                    if key in own:
+                        own[key].copy_(value.to(own[key].device))
         if self.finetuner is not None:
             self.finetuner(model)
         score = float(self.evaluator(model)) if self.evaluator is not None else None
