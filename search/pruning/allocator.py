@@ -182,7 +182,7 @@ class SparsityAllocator:
                 if self.continuous_mask and old is not None and tuple(old.shape) == tuple(shape):
                     kept = scaling.shrink(old.to(metric.device), "max").reshape(-1)
                     metric[kept == 0] = -math.inf
-                counts = scaling.shrink(torch.ones(shape, device=metric.device), "sum").reshape(-1)
+                counts = scaling.block_counts(shape, device=metric.device).reshape(-1)
                 member = _Member(module, target, setting, scaling, tuple(shape), shrunk)
                 dep = setting.dependency_group_id
                 if dep is None:
@@ -311,17 +311,22 @@ class SparsityAllocator:
             )
         dims = [d % source.dim() for d in align.dims]
         others = [d for d in range(source.dim()) if d not in dims]
-        reduced = source.amax(dim=others) if others else source
+        key = (id(source), tuple(others))
+        cache = self.__dict__.setdefault("_reduced_cache", {})
+        if key not in cache:  # a BN's weight and bias follow the same reduction of the conv mask
+            cache.clear() if len(cache) > 64 else None
+            cache[key] = (source, source.amax(dim=others) if others else source)
+        reduced = cache[key][1]
         if dims != sorted(dims):
             reduced = reduced.permute([sorted(dims).index(d) for d in dims])
         if is_io_target(target):
             # Activation masks broadcast over the batch axis (and a conv's spatial axes); their
             # shape is unknown until data passes, so it is not needed here.
-            return reduced.reshape(list(reduced.shape) + [1] * self.pruner.trailing_axes(module)).float()
+            return reduced.reshape(list(reduced.shape) + [1] * self.pruner.trailing_axes(module)).to(torch.float32, copy=True)
         shape = self.pruner.get_target_shape(module, target, None)
         if reduced.numel() != math.prod(shape):
             raise ConfigError(
                 f"config_list[{setting.source}].align: {module}.{target} {tuple(shape)} cannot follow "
                 f"dims {list(align.dims)} of {align.module_name}.{align.target_name} {tuple(source.shape)}"
             )
-        return reduced.reshape(shape).float()
+        return reduced.reshape(shape).to(torch.float32, copy=True)

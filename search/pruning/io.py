@@ -16,7 +16,7 @@ _FORMAT = {"format": "prunesearch-masks", "version": "1"}
 
 def save_masks(masks: Mapping[str, Mapping[str, Tensor]], path: str | os.PathLike[str]) -> None:
     """Save ``{module: {target: mask}}``; keys are ``f"{module}.{target}"`` like state_dict keys."""
-    flat = {f"{module}.{target}": mask.detach().to("cpu", torch.float32).contiguous() for module, targets in masks.items() for target, mask in targets.items()}
+    flat = {f"{module}.{target}": mask.detach().to("cpu", torch.float32).clone().contiguous() for module, targets in masks.items() for target, mask in targets.items()}
     save_file(flat, os.fspath(path), metadata=_FORMAT)
 
 

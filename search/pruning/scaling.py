@@ -55,6 +55,22 @@ class Scaling:
     def shrunk_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         return tuple(math.ceil(n / b) for b, n in zip(self._kernel(shape), shape, strict=True))
 
+    def block_counts(self, shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
+        """Elements per block (edge blocks of a padded axis are smaller), in the shrunk shape."""
+        kernel = self._kernel(shape)
+        shrunk = self.shrunk_shape(shape)
+        if all(n % b == 0 for b, n in zip(kernel, shape, strict=True)):
+            return torch.full(shrunk, float(math.prod(kernel)), device=device)
+        return self.shrink(torch.ones(tuple(shape), device=device), "sum")
+
+    def whole_axes(self, shape: Sequence[int]) -> list[int] | None:
+        """The reduced axes when every block spans whole axes (or single positions); else None."""
+        kernel = self._kernel(shape)
+        if not all(b in (1, n) for b, n in zip(kernel, shape, strict=True)):
+            return None
+        axes = [i for i, (b, n) in enumerate(zip(kernel, shape, strict=True)) if b == n and n != 1]
+        return axes or None
+
     def is_identity(self, shape: Sequence[int]) -> bool:
         return all(b == 1 for b in self._kernel(shape))
 

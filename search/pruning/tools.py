@@ -127,15 +127,20 @@ class NormMetricsCalculator(MetricsCalculator):
         for module, targets in data.items():
             for target, value in targets.items():
                 scaling = self.scaling(module, target)
-                x = value.detach().float().abs()
+                x = value.detach().float()
+                whole = scaling.whole_axes(x.shape)
                 if scaling.is_identity(x.shape):
-                    metric = x
+                    metric = x.abs()
+                elif whole is not None:  # channel-like blocks: one fused norm per block
+                    metric = torch.linalg.vector_norm(x, ord=self.p, dim=whole, keepdim=True)
+                    metrics.setdefault(module, {})[target] = metric
+                    continue
                 elif self.p == 1:
-                    metric = scaling.shrink(x, "sum")
+                    metric = scaling.shrink(x.abs(), "sum")
                 elif self.p == 2:
                     metric = scaling.shrink(x * x, "sum").sqrt()
                 else:
-                    metric = scaling.shrink(x.pow(self.p), "sum").pow(1.0 / self.p)
+                    metric = scaling.shrink(x.abs().pow(self.p), "sum").pow(1.0 / self.p)
                 metrics.setdefault(module, {})[target] = metric
         return metrics
 
