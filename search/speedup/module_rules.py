@@ -109,10 +109,14 @@ def linear_like(
     c = x.constants(nd - 1)
     known = ~np.isnan(c)
     if known.any():
-        w64 = weight.double().cpu()
         row_ok = ~nzpair[:, ~known].any(axis=1)
         bvec = np.zeros(weight.shape[0]) if bias is None else bias.double().cpu().numpy()
-        out.const[-1] = np.where(row_ok, bvec + (w64 @ torch.from_numpy(np.nan_to_num(c))).numpy(), np.nan)
+        live = np.nonzero(known & (c != 0))[0]  # zero constants add nothing
+        contrib = np.zeros(weight.shape[0])
+        if live.size:
+            cols = weight[:, torch.from_numpy(live)].double().cpu()
+            contrib = (cols @ torch.from_numpy(c[live])).numpy()
+        out.const[-1] = np.where(row_ok, bvec + contrib, np.nan)
     if fold_into is not None:
         an.folds.append(Fold(fold_into, x, nd - 1))
 
@@ -155,7 +159,7 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
     w_row_zero = ~nzpair.any(axis=1)
     if cax == 1:
         out.zero[0] = x.zero[0] & bool(bias_zero.all())
-    bvec = np.zeros(cout) if bias is None else bias.double().cpu().numpy()
+    bvec = np.zeros(cout) if bias is None else bias.detach().double().cpu().numpy()
     no_pad = _constant_safe(m)
     can_fold = no_pad and an.call_counts.get(name, 0) == 1  # a shared module has one bias for all calls
     if groups == 1:
@@ -166,9 +170,13 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
         known = ~np.isnan(c)
         out.const[cax] = np.where(only_bias, bvec, np.nan)
         if no_pad and known.any():
-            wsum = weight.double().flatten(2).sum(dim=2).cpu()
             row_ok = ~nzpair[:, ~known].any(axis=1)
-            out.const[cax] = np.where(row_ok, bvec + (wsum @ torch.from_numpy(np.nan_to_num(c))).numpy(), out.const[cax])
+            live = np.nonzero(known & (c != 0))[0]  # zero constants add nothing
+            contrib = np.zeros(cout)
+            if live.size:
+                cols = weight[:, torch.from_numpy(live)].double().flatten(2).sum(dim=2).cpu()
+                contrib = (cols @ torch.from_numpy(c[live])).numpy()
+            out.const[cax] = np.where(row_ok, bvec + contrib, out.const[cax])
         if can_fold:
             an.folds.append(Fold(name, x, cax))
 
@@ -185,10 +193,12 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
         an.g.link(x, cax, out, cax, mapping)
         out.zero[cax] = (w_row_zero | x.zero[cax][mapping]) & bias_zero
         out.const[cax] = np.where(w_row_zero | x.zero[cax][mapping], bvec, np.nan)
-        if no_pad:
+        cin_const = x.constants(cax)[mapping]
+        if no_pad and bool((~np.isnan(cin_const) & (cin_const != 0)).any()):
             wsum = weight.double().flatten(1).sum(dim=1).cpu().numpy()
-            cin_const = x.constants(cax)[mapping]
             out.const[cax] = np.where(np.isnan(cin_const), out.const[cax], bvec + wsum * np.nan_to_num(cin_const))
+        elif no_pad:
+            out.const[cax] = np.where(np.isnan(cin_const), out.const[cax], bvec)
 
         def back() -> None:
             verdict = (out.ignored[cax] | w_row_zero).reshape(cin, k).all(axis=1)

@@ -231,17 +231,17 @@ class ModelSpeedup:
             out_dim, _ = channel_dims(module)
             if mask.dim() < 2 and not isinstance(module, nn.modules.batchnorm._NormBase):
                 continue
-            other = [d for d in range(mask.dim()) if d != out_dim]
-            masked = ~(mask != 0).any(dim=other).cpu().numpy() if other else (mask == 0).cpu().numpy()
+            rows_view = mask.movedim(out_dim, 0).reshape(mask.shape[out_dim], -1) if mask.dim() > 1 else mask.reshape(-1, 1)
+            masked = (rows_view.abs().amax(dim=1) == 0).cpu().numpy()
             ids = pv.ids(out_dim)
             gone = removable[ids]
             kept_reasons: Counter[str] = Counter()
-            for pos in np.nonzero(masked & ~gone)[0]:
-                c = int(labels[ids[pos]])
+            comps, counts = np.unique(labels[ids[np.nonzero(masked & ~gone)[0]]], return_counts=True)
+            for c, count in zip(comps.tolist(), counts.tolist(), strict=True):
                 why = comp_reason.get(c) or describe_live(c)
                 if why is None and c in self._kept_nonempty:
                     why = "kept so that every tensor keeps at least one channel"
-                kept_reasons[why or "no tensor depends on it"] += 1
+                kept_reasons[why or "no tensor depends on it"] += count
             rows.append(
                 ModuleRow(
                     module=name,
