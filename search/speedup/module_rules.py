@@ -8,7 +8,8 @@ from torch import fx, nn
 
 from search.speedup.analyze import Analyzer, Fold
 from search.speedup.graph import Value
-from search.speedup.rules import _reshape, along_axis, spatial, unary
+from search.speedup.layout_rules import _reshape
+from search.speedup.rules import along_axis, spatial, unary
 
 __all__ = ["module_rule", "linear_like", "ELEMENTWISE_MODULES", "SHRINKABLE_MODULES"]
 
