@@ -65,7 +65,8 @@ class AMCTaskGenerator(TaskGenerator):
             the state embedding. A ``max_flops_ratio`` / ``max_params_ratio`` constraint is enforced
             the same way; ``max_latency_ratio`` only through results (penalised reward, not best).
         ddpg_params: :class:`DDPGConfig` or a dict of its fields or NNI's ``ddpg_params`` keys.
-        reward: ``'score'`` (the trial's score, e.g. accuracy) or ``'error_log_flops'``
+        reward: ``'score'`` (the trial's score, e.g. accuracy; negated when ``best_result_mode`` is
+            ``'minimize'``, e.g. a loss, since the agent maximises its reward) or ``'error_log_flops'``
             (``-(1 - score) * log(flops)``, NNI's ``acc_flops_reward``; score in [0, 1]).
         parallel_episodes: learning episodes handed out at once (the warm-up has no limit).
         max_sparse_ratio: a layer's largest ratio where the config list gives none.
@@ -217,7 +218,7 @@ class AMCTaskGenerator(TaskGenerator):
         if not result.ok or score is None or not math.isfinite(score):
             return None
         if self.reward == "score":
-            reward = float(score)
+            reward = -float(score) if self.best_result_mode == "minimize" else float(score)
         else:
             flops = result.metrics.get("flops")
             if flops is None:

@@ -9,6 +9,13 @@ Metropolis rule in task order (so the order results arrive in does not matter) a
 temperature cools. Cooling happens on *every* round, so the search ends: at ``stop_temperature``
 or when ``max_trials`` is used up. Every candidate starts from the origin model.
 
+Cost bounds: a result over a ``max_flops_ratio`` / ``max_params_ratio`` / ``max_latency_ratio``
+constraint (as measured) is never accepted as the current solution nor kept as the best, so the
+walk stays where the constraints hold. With a ``dummy_input`` the FLOPs and params of a candidate
+are also predicted before it runs (:class:`BudgetRepair`): one predicted over a bound is moved
+onto it (every ratio toward its maximum by the least shared share, as the Optuna search repairs),
+so no trial is spent on an allocation that cannot be the result.
+
 The per-layer helpers here (:func:`allocation_layers`, :func:`per_layer_config_list`,
 :func:`rescale`) are shared with NetAdapt and AutoCompress.
 
@@ -36,12 +43,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from search.algorithms._budget import LayerCostModel, channels_removed
 from search.config import ConfigError, canonicalize_config_list, channel_dims
 from search.pruning import Pruner
 from search.scheduling import Proposal, PruningScheduler, TaskGenerator, TaskResult
 
 __all__ = [
     "AnnealingSchedule",
+    "BudgetRepair",
     "LayerSpec",
     "SimulatedAnnealingPruner",
     "SimulatedAnnealingTaskGenerator",
@@ -173,6 +182,96 @@ def require_scores(best_result_mode: str, algorithm: str) -> None:
                          f"got {best_result_mode!r} (give the pruner an evaluator)")
 
 
+def over_budget(constraints: Any, metrics: Mapping[str, float]) -> bool:
+    """A measured cost ratio in ``metrics`` exceeds its bound (a metric that was not measured does not count)."""
+    for key, metric in (("max_flops_ratio", "flops_ratio"), ("max_params_ratio", "params_ratio"),
+                        ("max_latency_ratio", "latency_ratio")):
+        bound = getattr(constraints, key, None)
+        if bound is not None and metric in metrics and float(metrics[metric]) > bound + 1e-9:
+            return True
+    return False
+
+
+class BudgetRepair:
+    """Moves an allocation predicted over a FLOPs / params bound onto the bound.
+
+    The prediction is :class:`~search.algorithms._budget.LayerCostModel`'s (one forward pass of
+    ``dummy_input`` and the speedup channel graph; ratios rounded to whole channels as the pruners
+    round them). An allocation within the bounds is returned unchanged; one over them becomes
+    ``r + s * (hi - r)`` per layer for the smallest shared ``s`` in [0, 1] that meets them (whole
+    channels). Layers whose output channels are coupled (residual adds) keep the union of their
+    kept channels after speedup, so they are priced at the smallest ratio among them.
+
+    Args:
+        model: the origin model.
+        dummy_input: an input of the model.
+        layers: the allocated layers (their ``hi`` is the ceiling of the move).
+        budgets: ``{'flops': max ratio, 'params': max ratio}`` (either may be absent).
+    """
+
+    def __init__(self, model: nn.Module, dummy_input: Any, layers: Sequence[LayerSpec],
+                 budgets: Mapping[str, float]) -> None:
+        self.layers = list(layers)
+        self.budgets = dict(budgets)
+        self.costs = LayerCostModel(model, dummy_input, [layer.name for layer in self.layers])
+        index = {layer.name: i for i, layer in enumerate(self.layers)}
+        self.members = [[index[m] for m in decision.members] for decision in self.costs.layers]
+        self._warned = False
+
+    @classmethod
+    def from_constraints(cls, model: nn.Module | None, dummy_input: Any, layers: Sequence[LayerSpec],
+                         constraints: Any) -> BudgetRepair | None:
+        """A repair for the FLOPs / params bounds of ``constraints``; ``None`` without a bound or an input."""
+        budgets = {metric: bound for metric, bound in (("flops", getattr(constraints, "max_flops_ratio", None)),
+                                                       ("params", getattr(constraints, "max_params_ratio", None)))
+                   if bound is not None}
+        if model is None or dummy_input is None or not budgets:
+            return None
+        try:
+            return cls(model, dummy_input, layers, budgets)
+        except ValueError as exc:  # no layer can be priced: the bounds are then only checked on results
+            logger.warning("cannot predict the cost of allocations (%s); bounds are checked on results only", exc)
+            return None
+
+    def _quantize(self, i: int, ratio: float) -> float:
+        layer = self.layers[i]
+        n = max(layer.out_channels, 1)
+        top = math.floor(layer.hi * n + 1e-9)
+        return min(channels_removed(ratio, n), top) / n
+
+    def predicted(self, ratios: Sequence[float]) -> dict[str, float]:
+        """``{'flops_ratio': .., 'params_ratio': ..}`` of the compact model ``ratios`` give."""
+        decisions = [min(ratios[i] for i in members) for members in self.members]
+        return self.costs.ratios_of(decisions)
+
+    def feasible(self, ratios: Sequence[float]) -> bool:
+        predicted = self.predicted(ratios)
+        return all(predicted[f"{metric}_ratio"] <= bound + 1e-9 for metric, bound in self.budgets.items())
+
+    def __call__(self, ratios: Sequence[float]) -> list[float]:
+        ratios = [float(r) for r in ratios]
+        if self.feasible(ratios):
+            return ratios
+        top = [layer.hi for layer in self.layers]
+
+        def at(s: float) -> list[float]:
+            return [max(r, self._quantize(i, r + s * (h - r))) for i, (r, h) in enumerate(zip(ratios, top, strict=True))]
+
+        if not self.feasible(at(1.0)):
+            if not self._warned:
+                self._warned = True
+                logger.warning("the cost bounds %s cannot be met with every layer at its max ratio", self.budgets)
+            return at(1.0)
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.feasible(at(mid)):
+                hi = mid
+            else:
+                lo = mid
+        return at(hi)
+
+
 # -- rounds of parallel candidates -----------------------------------------------------------------
 class CandidateRound:
     """Candidates handed out together and decided on together once all of them are told.
@@ -266,11 +365,17 @@ class Annealer:
     current allocation, decides on them in candidate order, then cools.
     """
 
-    def __init__(self, layers: Sequence[LayerSpec], schedule: AnnealingSchedule, sign: float) -> None:
+    def __init__(self, layers: Sequence[LayerSpec], schedule: AnnealingSchedule, sign: float,
+                 project: Callable[[list[float]], list[float]] | None = None) -> None:
         self.layers = list(layers)
         self.schedule = schedule
         self.sign = sign
+        #: applied to every allocation before it is handed out (e.g. a :class:`BudgetRepair`)
+        self.project = project
         self._reset()
+
+    def _projected(self, alloc: list[float]) -> list[float]:
+        return list(self.project(alloc)) if self.project is not None else alloc
 
     def _reset(self) -> None:
         self.targets: dict[int, float] = {}
@@ -289,9 +394,9 @@ class Annealer:
         self._reset()
         self.targets = dict(targets)
         self.lower = list(lower) if lower is not None else [0.0] * len(self.layers)
-        self.current = list(initial)
+        self.current = self._projected(list(initial))
         self.round_index = 0
-        self.round = CandidateRound([list(initial)])
+        self.round = CandidateRound([list(self.current)])
 
     def open_round(self, rng: random.Random) -> None:
         """Perturb the current allocation ``neighbours_per_temperature`` times."""
@@ -300,7 +405,7 @@ class Annealer:
         items = []
         for _ in range(self.schedule.neighbours_per_temperature):
             moved = [r + rng.uniform(-magnitude, magnitude) for r in self.current]
-            items.append(rescale(moved, self.layers, self.targets, self.lower))
+            items.append(self._projected(rescale(moved, self.layers, self.targets, self.lower)))
         self.round_index += 1
         self.round = CandidateRound(items)
 
@@ -363,7 +468,10 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
             schedule; the temperature is multiplied by ``cool_down_rate`` after every round.
         neighbours_per_temperature: candidates per round (handed out together).
         max_layer_ratio: the highest ratio a layer may get (unless its ``max_sparse_ratio`` is lower).
-        max_trials, constraints, seed: the budget, cost bounds and random seed.
+        max_trials, constraints, seed: the budget, cost bounds and random seed. A result over a
+            bound is never accepted (see the module docstring).
+        dummy_input: an input of the model; with a ``max_flops_ratio`` / ``max_params_ratio``
+            bound, candidates predicted over it are moved onto it before they run.
 
     Each task's ``params`` hold ``round``, ``candidate``, ``temperature``, the requested
     ``ratios`` per layer and their weighted ``requested_sparsity``; ``result.sparsity`` is what
@@ -388,6 +496,7 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
+        dummy_input: Any = None,
     ) -> None:
         super().__init__(origin_model, origin_masks, origin_config_list, log_dir, keep_intermediate_result,
                          best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed)
@@ -398,7 +507,9 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
                                           perturbation_magnitude, neighbours_per_temperature)
         self.layers = allocation_layers(origin_model, self.origin_config_list, max_layer_ratio)
         targets = group_targets(self.layers)
-        self.annealer = Annealer(self.layers, self.schedule, 1.0 if best_result_mode == "maximize" else -1.0)
+        self.repair = BudgetRepair.from_constraints(origin_model, dummy_input, self.layers, self.constraints)
+        self.annealer = Annealer(self.layers, self.schedule, 1.0 if best_result_mode == "maximize" else -1.0,
+                                 self.repair)
         self.annealer.start(rescale([targets[layer.group] for layer in self.layers], self.layers, targets), targets)
 
     @property
@@ -436,7 +547,8 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
         params = self.tasks[result.task_id].params
         if a.round is None or params.get("round") != a.round_index:
             return
-        a.round.record(int(params["candidate"]), result.task_id, result.score if result.ok else None)
+        usable = result.ok and not over_budget(self.constraints, result.metrics)
+        a.round.record(int(params["candidate"]), result.task_id, result.score if usable else None)
         if a.round.complete(self._budget_left()):
             a.close_round(self.rng)
 
@@ -512,6 +624,7 @@ class SimulatedAnnealingPruner(SearchPruner):
             start_temperature=start_temperature, stop_temperature=stop_temperature, cool_down_rate=cool_down_rate,
             perturbation_magnitude=perturbation_magnitude, neighbours_per_temperature=neighbours_per_temperature,
             max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed,
+            dummy_input=dummy_input,
         )
         self.scheduler = PruningScheduler(pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup,
                                           dummy_input=dummy_input, evaluator=evaluator, pruner_kwargs=pruning_params)

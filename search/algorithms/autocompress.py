@@ -45,9 +45,11 @@ from torch import Tensor, nn
 from search.algorithms.annealing import (
     Annealer,
     AnnealingSchedule,
+    BudgetRepair,
     SearchPruner,
     allocation_layers,
     group_targets,
+    over_budget,
     per_layer_config_list,
     require_scores,
     rescale,
@@ -208,7 +210,12 @@ class AutoCompressTaskGenerator(TaskGenerator):
             ``'maximize'`` or ``'minimize'``).
         sa_params: the annealing schedule of each iteration's search (see
             :class:`~search.algorithms.annealing.AnnealingSchedule`).
-        max_layer_ratio, max_trials, constraints, seed: as for the other searches.
+        max_layer_ratio, max_trials, constraints, seed: as for the other searches. The constraints
+            bound the final model: in the last iteration a search result over a bound is never
+            accepted nor kept as the best allocation.
+        dummy_input: an input of the model; with a ``max_flops_ratio`` / ``max_params_ratio``
+            bound, the last iteration's candidates predicted over it are moved onto it before they
+            run (see :class:`~search.algorithms.annealing.BudgetRepair`).
 
     Task ``params``: ``iteration``, ``phase`` (``'search'`` or ``'admm'``), ``ratios``,
     ``requested_sparsity``; search tasks also ``round``, ``candidate`` and ``temperature``.
@@ -229,6 +236,7 @@ class AutoCompressTaskGenerator(TaskGenerator):
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
+        dummy_input: Any = None,
     ) -> None:
         super().__init__(origin_model, origin_masks, origin_config_list, log_dir, keep_intermediate_result,
                          best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed)
@@ -240,7 +248,9 @@ class AutoCompressTaskGenerator(TaskGenerator):
             raise ValueError(f"{type(self).__name__} needs origin_model to find the layers to allocate")
         self.schedule = AnnealingSchedule.from_dict(sa_params)
         self.layers = allocation_layers(origin_model, self.origin_config_list, max_layer_ratio)
-        self.annealer = Annealer(self.layers, self.schedule, 1.0 if best_result_mode == "maximize" else -1.0)
+        self.repair = BudgetRepair.from_constraints(origin_model, dummy_input, self.layers, self.constraints)
+        self.annealer = Annealer(self.layers, self.schedule, 1.0 if best_result_mode == "maximize" else -1.0,
+                                 self._project_alloc if self.repair is not None else None)
         self.iteration = 0
         self.phase = "search"
         self.parent_id: int | None = None
@@ -251,6 +261,12 @@ class AutoCompressTaskGenerator(TaskGenerator):
 
     def ratio_at(self, target: float, iteration: int) -> float:
         return 1.0 - (1.0 - target) ** (iteration / self.total_iteration)
+
+    def _project_alloc(self, alloc: list[float]) -> list[float]:
+        """The bounds hold for the final model: repair the allocations of the last iteration only."""
+        if self.repair is None or self.iteration < self.total_iteration:
+            return alloc
+        return self.repair(alloc)
 
     def _start_iteration(self) -> None:
         self.iteration += 1
@@ -310,7 +326,9 @@ class AutoCompressTaskGenerator(TaskGenerator):
         if task.params.get("phase") == "search":
             if a.round is None or task.params.get("round") != a.round_index:
                 return
-            a.round.record(int(task.params["candidate"]), result.task_id, result.score if result.ok else None)
+            last = self.iteration >= self.total_iteration
+            usable = result.ok and not (last and over_budget(self.constraints, result.metrics))
+            a.round.record(int(task.params["candidate"]), result.task_id, result.score if usable else None)
             allowed = self._search_allowance()
             if a.round.complete(allowed is None or allowed > 0):
                 a.close_round(self.rng)
@@ -413,6 +431,7 @@ class AutoCompressPruner(SearchPruner):
         self.task_generator = AutoCompressTaskGenerator(
             total_iteration, model, None, config_list, log_dir, keep_intermediate_result, best_result_mode,
             sa_params=sa, max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed,
+            dummy_input=dummy_input,
         )
         pruner: str | type[Pruner] = pruning_algorithm
         self.scheduler = PruningScheduler(
