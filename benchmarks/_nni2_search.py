@@ -25,10 +25,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # NNI 2.x torch.load()s the models it saved itself
@@ -148,7 +150,7 @@ def main() -> None:
         return -loss
 
     algorithm = job["algorithm"]
-    log_dir = tempfile.mkdtemp(prefix=f"nni2_{algorithm}_")
+    log_dir = tempfile.mkdtemp(prefix=f"nni2_{algorithm}_", suffix=f"_{os.getpid()}")
     uniform = [{"op_types": ["Conv2d"], "total_sparsity": ratio}]
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -252,5 +254,7 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
+        for leftover in Path(tempfile.gettempdir()).glob(f"nni2_*_{os.getpid()}"):
+            shutil.rmtree(leftover, ignore_errors=True)
     except Exception as exc:  # noqa: BLE001 (the parent reports it)
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}))
