@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +33,18 @@ def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _call(model: nn.Module, dummy_input: Any) -> Any:
-    if isinstance(dummy_input, dict):
-        return model(**dummy_input)
+def split_inputs(dummy_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` from a tensor, a tuple/list of positional inputs or a dict of keyword inputs."""
+    if isinstance(dummy_input, Mapping):
+        return (), dict(dummy_input)
     if isinstance(dummy_input, tuple | list):
-        return model(*dummy_input)
-    return model(dummy_input)
+        return tuple(dummy_input), {}
+    return (dummy_input,), {}
+
+
+def _call(model: nn.Module, dummy_input: Any) -> Any:
+    args, kwargs = split_inputs(dummy_input)
+    return model(*args, **kwargs)
 
 
 def count_flops(model: nn.Module, dummy_input: Any) -> int:

@@ -275,12 +275,3 @@ class BasicPruner(Pruner):
         self.load_masks(masks)
         logger.debug("%s: masked %d modules", type(self).__name__, len(masks))
         return self.bound_model, self.get_masks()
-
-
-def overall_sparsity(masks: Masks) -> float:
-    """Share of masked elements over all masks."""
-    total = sum(m.numel() for t in masks.values() for m in t.values())
-    zeros = sum(int((m == 0).sum()) for t in masks.values() for m in t.values())
-    return zeros / total if total else 0.0
-
-

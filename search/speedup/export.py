@@ -27,25 +27,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from search.metrics import split_inputs
+
 __all__ = ["check_onnx", "export_onnx", "export_pt2", "load_pt2"]
 
 logger = logging.getLogger(__name__)
 
 
-def _split_inputs(dummy_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``(args, kwargs)`` from a tensor, a tuple/list of positional inputs or a dict of keyword inputs."""
-    if isinstance(dummy_input, Mapping):
-        return (), dict(dummy_input)
-    if isinstance(dummy_input, tuple | list):
-        return tuple(dummy_input), {}
-    return (dummy_input,), {}
 
 
 @contextlib.contextmanager
@@ -101,7 +96,7 @@ def export_onnx(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    args, kwargs = _split_inputs(dummy_input)
+    args, kwargs = split_inputs(dummy_input)
     with _eval_mode(model):
         try:
             # verbose=False: no progress lines on stdout
@@ -155,7 +150,7 @@ def check_onnx(path: str | Path, model: nn.Module, dummy_input: Any, atol: float
     import numpy as np
     import onnxruntime as ort
 
-    args, kwargs = _split_inputs(dummy_input)
+    args, kwargs = split_inputs(dummy_input)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -221,7 +216,7 @@ def export_pt2(model: nn.Module, dummy_input: Any, path: str | Path, *, dynamic_
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    args, kwargs = _split_inputs(dummy_input)
+    args, kwargs = split_inputs(dummy_input)
     with _eval_mode(model):
         program = None
         if dynamic_batch:

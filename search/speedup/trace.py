@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.fx.node import map_aggregate
 from torch.utils.flop_counter import FlopCounterMode
+
+from search.metrics import split_inputs
 
 __all__ = ["TracedModel", "trace_model"]
 
@@ -48,12 +49,6 @@ class TracedModel:
         return self.graph_module.graph
 
 
-def _split_inputs(model: nn.Module, dummy_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(dummy_input, Mapping):
-        return (), dict(dummy_input)
-    if isinstance(dummy_input, tuple | list):
-        return tuple(dummy_input), {}
-    return (dummy_input,), {}
 
 
 class _Recorder(fx.Interpreter):
@@ -87,7 +82,7 @@ def _record(gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 
 def trace_model(model: nn.Module, dummy_input: Any) -> TracedModel:
     """Trace ``model`` (symbolically, else concretely) and record every node's value."""
-    args, kwargs = _split_inputs(model, dummy_input)
+    args, kwargs = split_inputs(dummy_input)
     try:
         concrete = _concrete_kwargs(model, args, kwargs)
         gm = fx.GraphModule(model, fx.Tracer().trace(model, concrete_args=concrete or None))
