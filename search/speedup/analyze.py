@@ -9,6 +9,7 @@ the model. Rules for operators live in :mod:`search.speedup.rules`, for modules 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from torch.fx.node import map_aggregate
 from search.speedup.graph import ChannelGraph, Value
 from search.speedup.trace import TracedModel
 
-__all__ = ["Analyzer", "Fold"]
+__all__ = ["Analyzer", "Fold", "PairMatrix", "Scratch", "nonzero_pairs", "slice_zero"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,111 @@ class Fold:
 
 def slice_zero(t: torch.Tensor, axis: int) -> np.ndarray:
     """Per position on ``axis``: is the whole slice zero?"""
+    t = t.detach()
     if t.dim() == 0:
         return np.zeros(0, dtype=bool)
-    dims = [d for d in range(t.dim()) if d != axis]
-    nz = (t != 0).any(dim=dims) if dims else (t != 0)
-    return (~nz).cpu().numpy()
+    if t.dim() == 1:
+        return (t == 0).cpu().numpy()
+    if axis == 0 and t.is_floating_point():
+        rows = t.reshape(t.shape[0], -1)
+        if rows.shape[1] == 0:
+            return np.ones(t.shape[0], dtype=bool)
+        # two row reductions read the tensor without writing a temporary (NaN is not zero)
+        return ((rows.amax(dim=1) == 0) & (rows.amin(dim=1) == 0)).cpu().numpy()
+    return ~nonzero_pairs(t.movedim(axis, 0).reshape(t.shape[axis], 1, -1)).reshape(-1)
+
+
+_NUMPY_FLOATS = (torch.float32, torch.float64)
+
+
+class PairMatrix:
+    """Which ``(row, column)`` slices of a weight are non-zero, with the queries the rules ask of it.
+
+    ``rows_reading(cols)``: for each row, does it hold a non-zero in one of the selected columns?
+    ``cols_read_by(rows)``: the transpose question. Each looks at the smaller side of the
+    selection only (the selected or the excluded part, through per-row/column counts), because
+    copying big temporaries costs more than the arithmetic here.
+    """
+
+    def __init__(self, nonzero: np.ndarray) -> None:
+        self.nonzero = nonzero
+        self.row_count = np.count_nonzero(nonzero, axis=1)
+        self.row_any = self.row_count > 0
+        self._col_count: np.ndarray | None = None
+        self._transposed: np.ndarray | None = None
+
+    def _by_column(self) -> np.ndarray:
+        # selecting columns of a row-major matrix gathers element by element; rows are contiguous
+        if self._transposed is None:
+            self._transposed = np.ascontiguousarray(self.nonzero.T)
+        return self._transposed
+
+    def _cols(self) -> np.ndarray:
+        if self._col_count is None:
+            self._col_count = np.count_nonzero(self.nonzero, axis=0)
+        return self._col_count
+
+    def rows_reading(self, cols: np.ndarray) -> np.ndarray:
+        n = int(cols.sum())
+        if n == cols.size:
+            return self.row_any
+        if n == 0:
+            return np.zeros(self.nonzero.shape[0], dtype=bool)
+        if 2 * n <= cols.size:
+            return self._by_column()[cols].any(axis=0)
+        return self.row_count > np.count_nonzero(self._by_column()[~cols], axis=0)
+
+    def cols_read_by(self, rows: np.ndarray) -> np.ndarray:
+        n = int(rows.sum())
+        if n == rows.size:
+            return self._cols() > 0
+        if n == 0:
+            return np.zeros(self.nonzero.shape[1], dtype=bool)
+        if 2 * n <= rows.size:
+            return self.nonzero[rows].any(axis=0)
+        return self._cols() > np.count_nonzero(self.nonzero[~rows], axis=0)
+
+
+class Scratch:
+    """A reusable NumPy work buffer: big temporaries freshly allocated per weight cost page faults."""
+
+    def __init__(self) -> None:
+        self._buf: dict[Any, np.ndarray] = {}
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        n = math.prod(shape)
+        buf = self._buf.get(dtype)
+        if buf is None or buf.size < n:
+            buf = self._buf[dtype] = np.empty(max(n, 1 << 16), dtype=dtype)
+        return buf[:n].reshape(shape)
+
+
+def nonzero_pairs(weight: torch.Tensor, scratch: Scratch | None = None) -> np.ndarray:
+    """``(dim0, dim1)`` booleans: does ``weight[i, j]`` (the rest of its dims) hold a non-zero?
+
+    Speedup asks this of every weight, so it is computed as one matrix-vector product of ``|w|``
+    (exact: a sum of absolute values is zero only if every term is, and NaN or inf count as
+    non-zero) rather than a boolean reduction over the small kernel dims, which is several times
+    slower; CPU tensors go through NumPy, which does both steps faster than torch on one thread.
+    """
+    w = weight.detach()
+    if w.dim() < 2:
+        return (w != 0).reshape(-1, 1).cpu().numpy()
+    rows, cols = w.shape[0], w.shape[1]
+    k = math.prod(w.shape[2:])
+    if rows * cols * k == 0:
+        return np.zeros((rows, cols), dtype=bool)
+    if w.device.type == "cpu" and w.dtype in _NUMPY_FLOATS:
+        a = w.numpy().reshape(rows * cols, k)
+        if k == 1:
+            return (a != 0).reshape(rows, cols)
+        absolute = np.abs(a, out=scratch.take(a.shape, a.dtype)) if scratch is not None else np.abs(a)
+        return (absolute @ np.ones(k, dtype=a.dtype) != 0).reshape(rows, cols)
+    flat = w.reshape(rows * cols, k)
+    if k == 1 or not flat.is_floating_point():
+        return (flat != 0).any(dim=1).reshape(rows, cols).cpu().numpy()
+    sums = torch.mv(flat.abs(), torch.ones(k, dtype=flat.dtype, device=flat.device))
+    return (sums != 0).reshape(rows, cols).cpu().numpy()
 
 
 class Analyzer:
@@ -57,6 +158,7 @@ class Analyzer:
         self.backward: list[Callable[[], None]] = []
         self.unsupported: dict[str, str] = {}
         self.folds: list[Fold] = []
+        self.scratch = Scratch()
         self._by_tensor: dict[int, Value] = {}
         #: every (module, attr) that holds a parameter Value's tensor (several when weights are tied)
         self.owners: dict[str, list[tuple[str, str]]] = {}

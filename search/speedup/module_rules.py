@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from search.speedup.analyze import Analyzer, Fold
+from search.speedup.analyze import Analyzer, Fold, PairMatrix, nonzero_pairs
 from search.speedup.graph import Value
 from search.speedup.layout_rules import _reshape
 from search.speedup.rules import along_axis, spatial, unary
@@ -102,27 +102,28 @@ def linear_like(
     if b is not None:
         an.g.link(b, 0, out, nd - 1)
     bias_zero = _zero(bias, weight.shape[0])
-    nzpair = (weight != 0).cpu().numpy()
-    row_zero = ~nzpair[:, ~x.zero[-1]].any(axis=1)
+    pairs = PairMatrix(nonzero_pairs(weight, an.scratch))
+    row_zero = ~pairs.rows_reading(~x.zero[-1])
     out.zero[-1] = row_zero & bias_zero
     for a in range(nd - 1):
         out.zero[a] = x.zero[a] & bool(bias_zero.all())
     c = x.constants(nd - 1)
     known = ~np.isnan(c)
     if known.any():
-        row_ok = ~nzpair[:, ~known].any(axis=1)
+        row_ok = ~pairs.rows_reading(~known)
         bvec = np.zeros(weight.shape[0]) if bias is None else bias.double().cpu().numpy()
-        live = np.nonzero(known & (c != 0))[0]  # zero constants add nothing
+        live = known & (c != 0)  # zero constants add nothing
         contrib = np.zeros(weight.shape[0])
-        if live.size:
-            cols = weight[:, torch.from_numpy(live)].double().cpu()
-            contrib = (cols @ torch.from_numpy(c[live])).numpy()
+        rows = np.nonzero(row_ok & pairs.rows_reading(live))[0]  # rows that read a non-zero constant
+        if rows.size:
+            block = weight[torch.from_numpy(rows)][:, torch.from_numpy(np.nonzero(live)[0])].double().cpu()
+            contrib[rows] = (block @ torch.from_numpy(c[live])).numpy()
         out.const[-1] = np.where(row_ok, bvec + contrib, np.nan)
     if fold_into is not None:
         an.folds.append(Fold(fold_into, x, nd - 1))
 
     def back() -> None:
-        col_zero = ~nzpair[~out.ignored[-1]].any(axis=0)
+        col_zero = ~pairs.cols_read_by(~out.ignored[-1])
         if fold_into is not None:
             col_zero = col_zero | ~np.isnan(x.constants(nd - 1))
         an.use(x, nd - 1, col_zero)
@@ -156,8 +157,8 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
     if b is not None:
         an.g.link(b, 0, out, cax)
     # One pass over the weight: which (out, in) kernel slices are non-zero.
-    nzpair = (weight != 0).flatten(2).any(dim=2).cpu().numpy() if weight.dim() > 2 else (weight != 0).cpu().numpy()
-    w_row_zero = ~nzpair.any(axis=1)
+    pairs = PairMatrix(nonzero_pairs(weight, an.scratch))
+    w_row_zero = ~pairs.row_any
     if cax == 1:
         out.zero[0] = x.zero[0] & bool(bias_zero.all())
     bvec = np.zeros(cout) if bias is None else bias.detach().double().cpu().numpy()
@@ -165,24 +166,28 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
     can_fold = no_pad and an.call_counts.get(name, 0) == 1  # a shared module has one bias for all calls
     if groups == 1:
         an.g.link(w, 1, x, cax)
-        only_bias = ~nzpair[:, ~x.zero[cax]].any(axis=1)
+        only_bias = ~pairs.rows_reading(~x.zero[cax])
         out.zero[cax] = only_bias & bias_zero
         c = x.constants(cax)
         known = ~np.isnan(c)
         out.const[cax] = np.where(only_bias, bvec, np.nan)
         if no_pad and known.any():
-            row_ok = ~nzpair[:, ~known].any(axis=1)
-            live = np.nonzero(known & (c != 0))[0]  # zero constants add nothing
-            contrib = np.zeros(cout)
-            if live.size:
-                cols = weight[:, torch.from_numpy(live)].double().flatten(2).sum(dim=2).cpu()
-                contrib = (cols @ torch.from_numpy(c[live])).numpy()
-            out.const[cax] = np.where(row_ok, bvec + contrib, out.const[cax])
+            row_ok = ~pairs.rows_reading(~known)
+            live = known & (c != 0)  # zero constants add nothing
+            rows = np.nonzero(row_ok & pairs.rows_reading(live))[0]  # rows that read a non-zero constant
+            if rows.size:
+                cols = torch.from_numpy(np.nonzero(live)[0])
+                block = weight[torch.from_numpy(rows)][:, cols].double().flatten(2).sum(dim=2).cpu()
+                contrib = np.zeros(cout)
+                contrib[rows] = (block @ torch.from_numpy(c[live])).numpy()
+                out.const[cax] = np.where(row_ok, bvec + contrib, out.const[cax])
+            else:
+                out.const[cax] = np.where(row_ok, bvec, out.const[cax])
         if can_fold:
             an.folds.append(Fold(name, x, cax))
 
         def back() -> None:
-            col_zero = ~nzpair[~out.ignored[cax]].any(axis=0)
+            col_zero = ~pairs.cols_read_by(~out.ignored[cax])
             if can_fold:
                 col_zero = col_zero | ~np.isnan(x.constants(cax))
             an.use(x, cax, col_zero)

@@ -105,12 +105,17 @@ class _NotTestable(Exception):
     pass
 
 
-def maps_zero_to_zero(an: Analyzer, node: fx.Node, inp: fx.Node) -> bool:
+def maps_zero_to_zero(an: Analyzer, node: fx.Node, inp: fx.Node, *, elementwise: bool = False) -> bool:
+    """Does the node's operation map an all-zero ``inp`` to all zeros?
+
+    ``elementwise``: the operation acts on each element alone, the same way everywhere, so a
+    tensor with every dim of size one (same rank and dtype) answers for the full shape.
+    """
     meta = an.traced.values.get(inp.name)
     if not isinstance(meta, torch.Tensor):
         return False
     try:
-        zeros = torch.zeros(meta.shape, dtype=meta.dtype)
+        zeros = torch.zeros((1,) * meta.dim() if elementwise else meta.shape, dtype=meta.dtype)
         result = _call_with(an, node, inp, zeros)
     except Exception:
         return False
@@ -124,7 +129,8 @@ def unary(an: Analyzer, node: fx.Node, inp: fx.Node | None) -> bool:
     if not isinstance(x, Value) or out_shape is None or tuple(out_shape) != x.shape:
         return False
     out = an.new(node)
-    keeps_zero = maps_zero_to_zero(an, node, inp)  # type: ignore[arg-type]
+    # every operator routed here is elementwise and position-independent, so small probes answer
+    keeps_zero = maps_zero_to_zero(an, node, inp, elementwise=True)  # type: ignore[arg-type]
     for a in range(x.ndim):
         an.g.link(x, a, out, a)
         if keeps_zero:
@@ -140,7 +146,11 @@ def unary(an: Analyzer, node: fx.Node, inp: fx.Node | None) -> bool:
 
 
 def _unary_constants(an: Analyzer, node: fx.Node, inp: fx.Node, x: Value, axis: int) -> np.ndarray:
-    """Constants of ``f(x)`` slices where ``x``'s slices are constant (evaluated numerically)."""
+    """Constants of ``f(x)`` slices where ``x``'s slices are constant (evaluated numerically).
+
+    ``f`` is elementwise and position-independent (see :func:`unary`), so one element per slice is
+    probed: a tensor of ``x``'s rank with every dim but ``axis`` of size one.
+    """
     c = x.constants(axis)
     known = ~np.isnan(c)
     result = np.full(x.shape[axis], np.nan)
@@ -149,7 +159,7 @@ def _unary_constants(an: Analyzer, node: fx.Node, inp: fx.Node, x: Value, axis: 
         return result
     shape = [1] * x.ndim
     shape[axis] = x.shape[axis]
-    probe = torch.from_numpy(c).to(meta.dtype).reshape(shape).expand(meta.shape).contiguous()
+    probe = torch.from_numpy(c).to(meta.dtype).reshape(shape)
     try:
         out = _call_with(an, node, inp, probe)
     except Exception:

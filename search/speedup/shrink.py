@@ -133,9 +133,9 @@ def apply_removal(
             )
             continue
         new = tensor.detach()
-        for axis, keep in keeps.items():
+        for axis, keep in keeps.items():  # index_select copies: the new tensor shares nothing with the old
             new = new.index_select(axis, torch.as_tensor(keep, dtype=torch.long, device=new.device))
-        _set_tensor(module, attr, new.clone())
+        _set_tensor(module, attr, new)
         sliced[id(tensor)] = getattr(module, attr)
         if attr == "weight" and module_name in created and 0 in keeps:
             # a bias born from folding follows the weight's output rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -11,14 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from search.config import channel_dims, is_io_target
-from search.metrics import _call, count_params
-from search.speedup.analyze import Analyzer
+from search.metrics import FlopCounter, _call, count_params
+from search.speedup.analyze import Analyzer, slice_zero
 from search.speedup.report import ModuleRow, SpeedupReport
 from search.speedup.shrink import SpeedupPlan, apply_removal, rollback
-from search.speedup.trace import trace_model
+from search.speedup.trace import recount_flops, trace_model
 
 __all__ = ["ModelSpeedup", "SpeedupError"]
 
@@ -125,10 +125,12 @@ class ModelSpeedup:
             analyzer.run()
             removable, explain = self._decide(analyzer)
             changes, self.plan = apply_removal(analyzer.modules, analyzer.params, removable, analyzer.folds)
+            flops_after = self._recount(traced, analyzer, removable)
             try:
-                counter = FlopCounterMode(display=False)
-                with torch.no_grad(), counter:
+                with torch.no_grad(), FlopCounter() if flops_after is None else contextlib.nullcontext() as counter:
                     result = _flat_tensors(_call(model, self.dummy_input))
+                if counter is not None:
+                    flops_after = counter.total
                 diff = self._compare(reference, result)
             except Exception as exc:
                 rollback(changes)
@@ -141,7 +143,7 @@ class ModelSpeedup:
                 params_before=params_before,
                 params_after=count_params(model),
                 flops_before=traced.flops,
-                flops_after=int(counter.get_total_flops()),
+                flops_after=flops_after,
                 max_abs_diff=diff,
                 unsupported=sorted(set(analyzer.unsupported.values())),
                 trace_method=traced.method,
@@ -152,6 +154,28 @@ class ModelSpeedup:
                 module.training = training
         logger.info("speedup: %s", self.report)
         return model
+
+    @staticmethod
+    def _recount(traced: Any, an: Analyzer, removable: np.ndarray) -> int | None:
+        """FLOPs after removal from the traced shapes, when that is exact (else ``None``: count them).
+
+        Exact when every FLOP came from Conv/Linear leaf calls and removal touched only their channel
+        dims (a removed batch/spatial/sequence position would change the call's other factors).
+        """
+        nodes = {n.name: n for n in traced.graph.nodes} if traced.counted else {}
+        for c in traced.counted:
+            m = an.modules[c.module]
+            cax = len(c.input_shape) - 1 if isinstance(m, nn.Linear) else (1 if len(c.input_shape) == m.weight.dim() else 0)
+            node = nodes.get(c.node)
+            values = [an.node_values.get(c.node)]
+            if node is not None and node.args and isinstance(node.args[0], torch.fx.Node):
+                values.append(an.node_values.get(node.args[0].name))
+            for v in values:
+                if v is None:
+                    return None
+                if any(removable[v.ids(a)].any() for a in range(v.ndim) if a != cax):
+                    return None
+        return recount_flops(traced, an.model)
 
     def _compare(self, reference: list[Tensor], result: list[Tensor]) -> float | None:
         if len(reference) != len(result):
@@ -221,8 +245,7 @@ class ModelSpeedup:
             if mask is not None and pv is None and isinstance(module, nn.Module):
                 out_dim, _ = channel_dims(module)
                 channels = int(mask.shape[out_dim]) if mask.dim() > out_dim else int(mask.numel())
-                other = [d for d in range(mask.dim()) if d != out_dim]
-                masked_n = int((~(mask != 0).any(dim=other)).sum()) if other else int((mask == 0).sum())
+                masked_n = int(slice_zero(mask, min(out_dim, mask.dim() - 1)).sum()) if mask.dim() else int(mask == 0)
                 rows.append(ModuleRow(name, type(module).__name__, channels, masked_n, 0,
                                       {"not reached by the dummy input": masked_n} if masked_n else {}))
                 continue
@@ -231,8 +254,7 @@ class ModelSpeedup:
             out_dim, _ = channel_dims(module)
             if mask.dim() < 2 and not isinstance(module, nn.modules.batchnorm._NormBase):
                 continue
-            rows_view = mask.movedim(out_dim, 0).reshape(mask.shape[out_dim], -1) if mask.dim() > 1 else mask.reshape(-1, 1)
-            masked = (rows_view.abs().amax(dim=1) == 0).cpu().numpy()
+            masked = slice_zero(mask, out_dim)
             ids = pv.ids(out_dim)
             gone = removable[ids]
             kept_reasons: Counter[str] = Counter()

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import fx, nn
 from torch.fx.node import map_aggregate
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import conv_flop_count
 
-from search.metrics import split_inputs
+from search.metrics import FlopCounter, split_inputs
 
-__all__ = ["TracedModel", "trace_model"]
+__all__ = ["CountedNode", "TracedModel", "recount_flops", "trace_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,37 +30,158 @@ class TracedModel:
 
     def __init__(
         self,
-        graph_module: fx.GraphModule,
+        root: nn.Module,
+        graph: fx.Graph,
         values: dict[str, Any],
         method: str,
         output: Any = None,
         flops: int = 0,
         decisions: set[str] | None = None,
+        counted: list[CountedNode] | None = None,
+        flops_by_mode: int = 0,
     ) -> None:
-        self.graph_module = graph_module
+        self.root = root
+        self._graph = graph
+        self._graph_module: fx.GraphModule | None = None
         self.values = values
         self.method = method
         self.output = output  # the model's output on the dummy input
         self.flops = flops  # FLOPs of that forward pass (see search.metrics)
         #: nodes whose value Python code looked at (control flow): what they depend on must not change
         self.decisions = decisions or set()
+        #: Conv/Linear leaf calls counted from their shapes (see :func:`recount_flops`)
+        self.counted = counted or []
+        #: FLOPs counted by dispatch (operators other than Conv/Linear leaf modules)
+        self.flops_by_mode = flops_by_mode
 
     @property
     def graph(self) -> fx.Graph:
-        return self.graph_module.graph
+        return self._graph
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        """The graph as a runnable ``GraphModule`` (built on first use: code generation costs time)."""
+        if self._graph_module is None:
+            self._graph_module = fx.GraphModule(self.root, self._graph)
+        return self._graph_module
 
 
+
+
+#: leaf modules whose forward holds no matrix product (nothing for the FLOP count)
+_NO_FLOP_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.ReLU, nn.ReLU6, nn.GELU,
+    nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SELU,
+    nn.CELU, nn.Mish, nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.PReLU, nn.Softmax, nn.LogSoftmax, nn.Softmax2d,
+    nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.Upsample, nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd, nn.Embedding, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+)
+#: functions and methods that hold no matrix product
+_NO_FLOP_CALLS = frozenset({
+    "getattr", "getitem", "add", "iadd", "sub", "isub", "rsub", "mul", "imul", "truediv", "itruediv", "floordiv",
+    "neg", "pow", "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
+    "hardtanh", "hardtanh_", "leaky_relu", "elu", "softplus", "cat", "concat", "stack", "split", "chunk", "view",
+    "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous", "size", "dim", "numel", "unsqueeze",
+    "squeeze", "expand", "expand_as", "view_as", "reshape_as", "mean", "sum", "amax", "amin", "max", "min",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "interpolate", "softmax", "log_softmax", "dropout", "layer_norm",
+    "batch_norm", "group_norm", "pad", "to", "float", "half", "type_as", "masked_fill", "clamp", "clip",
+    "channel_shuffle", "pixel_shuffle", "abs", "exp", "sqrt", "rsqrt", "detach", "clone",
+})
+
+
+_KNOWN_FORWARDS = {
+    nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, nn.ConvTranspose1d.forward,
+    nn.ConvTranspose2d.forward, nn.ConvTranspose3d.forward,
+}
+
+
+class CountedNode(NamedTuple):
+    """A Conv/Linear leaf call whose FLOPs were computed from shapes."""
+
+    node: str
+    module: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+
+def _leaf_flops(m: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """torch's formulas for a Linear / Conv / ConvTranspose call (bias not counted)."""
+    if isinstance(m, nn.Linear):
+        return 2 * (math.prod(x_shape) // max(x_shape[-1], 1)) * m.weight.shape[1] * m.weight.shape[0]
+    w = m.weight
+    batched = len(x_shape) == w.dim()
+    xs = list(x_shape) if batched else [1, *x_shape]
+    os_ = list(out_shape) if batched else [1, *out_shape]
+    return int(conv_flop_count(xs, list(w.shape), os_, transposed=isinstance(m, nn.modules.conv._ConvTransposeNd)))
+
+
+def recount_flops(traced: TracedModel, model: nn.Module) -> int | None:
+    """FLOPs of ``model`` now, from the traced shapes and the modules' current weights.
+
+    Valid after speedup when every counted FLOP came from Conv/Linear leaf calls (``None``
+    otherwise) and only their channel dims changed; the caller checks the latter.
+    """
+    if traced.flops_by_mode:
+        return None
+    modules = dict(model.named_modules())
+    return sum(_leaf_flops(modules[c.module], c.input_shape, c.output_shape) for c in traced.counted)
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
+    """Runs the graph once, keeping each node's value (as a meta tensor) and counting FLOPs.
+
+    FLOPs are counted by torch's own per-operator formulas (:class:`search.metrics.FlopCounter`),
+    but the counting mode (Python on every operator) is entered only for nodes that may hold a
+    matrix product: Conv/Linear leaf modules are counted from their shapes with the same formulas,
+    and nodes known to hold none (norms, activations, pooling, views, elementwise) run plainly.
+    """
+
+    def __init__(self, root: nn.Module, graph: fx.Graph) -> None:
+        super().__init__(root, graph=graph)
         self.values: dict[str, Any] = {}
+        self.counter = FlopCounter()
+        self.counted: list[CountedNode] = []
+        self.by_mode = 0
+        self.result: Any = None
 
     def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
+        if n.op in ("placeholder", "get_attr", "output"):
+            result = super().run_node(n)
+        elif n.op == "call_module" and isinstance(self.module.get_submodule(str(n.target)), _NO_FLOP_MODULES):
+            result = super().run_node(n)
+        elif n.op == "call_module" and isinstance(self.module.get_submodule(str(n.target)), _MATMUL_MODULES):
+            result = super().run_node(n)
+            m = self.module.get_submodule(str(n.target))
+            x = self.env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+            if type(m).forward in _KNOWN_FORWARDS and isinstance(x, torch.Tensor) and isinstance(result, torch.Tensor):
+                counted = CountedNode(n.name, str(n.target), tuple(x.shape), tuple(result.shape))
+                self.counted.append(counted)
+                self.counter.total += _leaf_flops(m, counted.input_shape, counted.output_shape)
+            else:  # a subclass with its own forward, or unusual arguments: count it by dispatch
+                result = self._counted_run(n)
+        elif n.op in ("call_function", "call_method") and _call_name(n) in _NO_FLOP_CALLS:
+            result = super().run_node(n)
+        else:
+            result = self._counted_run(n)
         self.values[n.name] = map_aggregate(result, _summarize)
         return result
+
+    def _counted_run(self, n: fx.Node) -> Any:
+        before = self.counter.total
+        with self.counter:
+            result = super().run_node(n)
+        self.by_mode += self.counter.total - before
+        return result
+
+
+_MATMUL_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def _call_name(n: fx.Node) -> str:
+    return str(n.target) if n.op == "call_method" else getattr(n.target, "__name__", "")
 
 
 def _summarize(x: Any) -> Any:
@@ -68,16 +190,15 @@ def _summarize(x: Any) -> Any:
     return x
 
 
-def _record(gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any, int]:
-    recorder = _Recorder(gm)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+def _record(root: nn.Module, graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Recorder:
+    recorder = _Recorder(root, graph)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     flat: list[Any] = list(args)
     for n in placeholders[len(args) :]:
         flat.append(kwargs[n.target] if n.target in kwargs else n.args[0] if n.args else None)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        output = recorder.run(*flat)
-    return recorder.values, output, int(counter.get_total_flops())
+    with torch.no_grad():
+        recorder.result = recorder.run(*flat)
+    return recorder
 
 
 def trace_model(model: nn.Module, dummy_input: Any) -> TracedModel:
@@ -85,16 +206,16 @@ def trace_model(model: nn.Module, dummy_input: Any) -> TracedModel:
     args, kwargs = split_inputs(dummy_input)
     try:
         concrete = _concrete_kwargs(model, args, kwargs)
-        gm = fx.GraphModule(model, fx.Tracer().trace(model, concrete_args=concrete or None))
-        values, output, flops = _record(gm, args, kwargs)
-        return TracedModel(gm, values, "symbolic", output, flops)
+        graph = fx.Tracer().trace(model, concrete_args=concrete or None)
+        rec = _record(model, graph, args, kwargs)
+        return TracedModel(model, graph, rec.values, "symbolic", rec.result, rec.counter.total, None, rec.counted, rec.by_mode)
     except Exception as exc:  # untraceable Python: record the dummy input's path instead
         logger.info("symbolic tracing failed (%s: %s); using the concrete tracer", type(exc).__name__, exc)
     tracer = ConcreteTracer(args, kwargs)
     graph = tracer.trace(model)
-    gm = fx.GraphModule(model, graph)
-    values, output, flops = _record(gm, args, kwargs)
-    return TracedModel(gm, values, "concrete", output, flops, {n.name for n in tracer.decided})
+    rec = _record(model, graph, args, kwargs)
+    return TracedModel(model, graph, rec.values, "concrete", rec.result, rec.counter.total, {n.name for n in tracer.decided},
+                       rec.counted, rec.by_mode)
 
 
 def _concrete_kwargs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
