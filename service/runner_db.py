@@ -1,0 +1,265 @@
+"""The runner's writes that ``service.store`` does not have as one function.
+
+Each function takes the caller's session (the caller owns the transaction, as in
+``service.store``) and builds on the store's functions; the only direct ORM use is
+:func:`open_trial` replacing a row whose trial runs again after it ended without a result the
+generator saw (see there).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from service import store
+from service._export import EXPORT_FILES, BestExport
+from service.artifacts import PRETRAIN_NUMBER, ArtifactStore, content_type_for
+from service.models import Artifact, Experiment
+from service.states import ExperimentState, TrialState
+
+__all__ = ["cancel_open_trials", "decode_floats", "encode_floats", "finish_experiment", "json_safe", "open_trial",
+           "record_finished", "register_best_export", "requested_sparsity", "timestamp"]
+
+_OPEN = (TrialState.PENDING, TrialState.RUNNING)
+
+
+def timestamp(seconds: float | None) -> dt.datetime | None:
+    """An epoch time from a worker (``TrialResult.started_at``) as an aware UTC datetime."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+
+
+_FLOAT_KEY = "$float"
+
+
+def encode_floats(obj: Any) -> Any:
+    """``obj`` with every non-finite float as ``{"$float": "nan" | "inf" | "-inf"}`` (reversible).
+
+    Example:
+        >>> encode_floats({"score": float("nan"), "xs": [1.0, float("-inf")]})
+        {'score': {'$float': 'nan'}, 'xs': [1.0, {'$float': '-inf'}]}
+        >>> decode_floats(encode_floats([float("inf")]))
+        [inf]
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {_FLOAT_KEY: repr(obj)}
+    if isinstance(obj, Mapping):
+        return {k: encode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [encode_floats(v) for v in obj]
+    return obj
+
+
+def decode_floats(obj: Any) -> Any:
+    """Undo :func:`encode_floats`."""
+    if isinstance(obj, Mapping):
+        if len(obj) == 1 and isinstance(obj.get(_FLOAT_KEY), str):
+            return float(obj[_FLOAT_KEY])
+        return {k: decode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_floats(v) for v in obj]
+    return obj
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` (metrics and events: JSON has no NaN).
+
+    Example:
+        >>> json_safe({"loss": float("nan"), "accuracy": 0.9})
+        {'loss': None, 'accuracy': 0.9}
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def requested_sparsity(config_list: list[dict[str, Any]]) -> dict[str, float]:
+    """What a task's config list asks for: ``{op name or selector: ratio}``.
+
+    Example:
+        >>> requested_sparsity([{"op_names": ["conv1"], "sparse_ratio": 0.3},
+        ...                     {"op_types": ["Linear"], "sparse_ratio": 0.5}])
+        {'conv1': 0.3, 'op_types=Linear': 0.5}
+    """
+    out: dict[str, float] = {}
+    for i, sub in enumerate(config_list):
+        ratio = next((sub[k] for k in ("sparse_ratio", "sparsity", "sparsity_per_layer", "total_sparsity")
+                      if isinstance(sub.get(k), int | float) and not isinstance(sub.get(k), bool)), None)
+        if ratio is None:
+            continue
+        if sub.get("op_names"):
+            for name in sub["op_names"]:
+                out[str(name)] = float(ratio)
+        elif sub.get("op_types"):
+            out["op_types=" + ",".join(map(str, sub["op_types"]))] = float(ratio)
+        else:
+            out[f"config_list[{i}]"] = float(ratio)
+    return out
+
+
+def _task_fields(task: Mapping[str, Any]) -> dict[str, Any]:
+    config_list = list(task.get("config_list") or [])
+    return json_safe({
+        "parent_number": task.get("parent_id"),
+        "params": dict(task.get("params") or {}),
+        "config_list": config_list,
+        "requested_sparsity": requested_sparsity(config_list) if task["task_id"] != PRETRAIN_NUMBER else None,
+    })
+
+
+def open_trial(s: Session, experiment_id: int, task: Mapping[str, Any]) -> int:
+    """Make the trial row of ``task`` ``running`` for a new attempt; returns the attempt number.
+
+    * no row: a new one, attempt 1;
+    * ``running``/``pending`` (left by a runner that crashed or stopped): ``running -> pending``
+      (the store bumps ``attempt``) ``-> running``;
+    * ``cancelled`` (the experiment was cancelled, then resumed) or a ``failed`` pretrain trial (a
+      resumed experiment trains again): these trials never reached the generator, so they run
+      again under the same number. The state machine has no edge out of a terminal state, so the
+      row is replaced by a fresh ``running`` one whose attempt continues the count.
+
+    Raises:
+        ValueError: the row is ``succeeded`` (or a failed prune trial): it was told to the
+            generator and must never run again.
+    """
+    number = int(task["task_id"])
+    fields = _task_fields(task)
+    row = store.get_trial(s, experiment_id, number)
+    if row is None:
+        return store.upsert_trial(s, experiment_id, number=number, state=TrialState.RUNNING, attempt=1, **fields).attempt
+    if row.state in _OPEN:
+        if row.state is TrialState.RUNNING:
+            store.upsert_trial(s, experiment_id, number=number, state=TrialState.PENDING)
+        trial = store.upsert_trial(s, experiment_id, number=number, state=TrialState.RUNNING, **fields,
+                                   score=None, metrics={}, achieved_sparsity=None, error=None, worker=None)
+        return trial.attempt
+    rerun = row.state is TrialState.CANCELLED or (row.state is TrialState.FAILED and number == PRETRAIN_NUMBER)
+    if not rerun:
+        raise ValueError(f"trial {number} of experiment {experiment_id} is {row.state.value}: it must not run again")
+    attempt = row.attempt + 1
+    if row.state in (TrialState.SUCCEEDED, TrialState.FAILED):  # it was counted in n_trials; its re-run will be
+        table = Experiment.__table__
+        s.execute(sa.update(table).where(table.c.id == experiment_id).values(n_trials=table.c.n_trials - 1))
+    s.delete(row)
+    s.flush()
+    return store.upsert_trial(s, experiment_id, number=number, state=TrialState.RUNNING, attempt=attempt,
+                              **fields).attempt
+
+
+def record_finished(
+    s: Session,
+    artifacts: ArtifactStore,
+    experiment_id: int,
+    *,
+    number: int,
+    attempt: int,
+    result: Any,
+    generator_state: dict[str, Any],
+    best: Any,
+    previous_best: int | None,
+    lease_owner: str,
+) -> None:
+    """Commit-side of one finished trial (``store.record_trial_result``, fenced by the lease).
+
+    Writes the trial row (``succeeded``/``failed`` with the traceback), the generator's state, the
+    experiment's best (and a ``best_changed`` event when the best trial changed), a
+    ``trial_finished``/``trial_failed`` event, and registers the trial's ``trial.log`` and
+    ``result.json`` as artifacts. ``result`` is a :class:`~workers.trial.TrialResult`; ``best``
+    the generator's best :class:`~search.scheduling.TaskResult` after ``tell``.
+    """
+    if result.ok:
+        events = [("trial_finished", {"number": number, "attempt": attempt, "score": result.score,
+                                      "metrics": dict(result.metrics), "duration_s": result.seconds})]
+    else:
+        last = (result.error or "").strip().splitlines()[-1:] or ["error"]
+        events = [("trial_failed", {"number": number, "attempt": attempt, "error": last[0]})]
+    best_number = best.task_id if best is not None else None
+    best_fields: dict[str, Any] = {}
+    if best_number != previous_best:
+        flops = best.metrics.get("flops_ratio") if best is not None else None
+        score = best.score if best is not None else None
+        best_fields = {"best_number": best_number, "best_score": score, "best_flops_ratio": flops}
+        events.append(("best_changed", {"number": best_number, "score": score, "flops_ratio": flops,
+                                        "previous": previous_best}))
+    elif best is not None:
+        best_fields = {"best_score": best.score}
+    store.record_trial_result(
+        s, experiment_id, number=number, state=TrialState.SUCCEEDED if result.ok else TrialState.FAILED,
+        generator_state=generator_state, events=[(k, json_safe(d)) for k, d in events], lease_owner=lease_owner,
+        attempt=attempt, score=result.score, metrics=json_safe(dict(result.metrics)),
+        achieved_sparsity=json_safe(dict(result.sparsity)), error=result.error, worker=result.worker,
+        started_at=timestamp(result.started_at), finished_at=timestamp(result.finished_at),
+        duration_s=result.seconds, **best_fields,
+    )
+    folder = artifacts.trial_dir(experiment_id, number)
+    for kind, name in (("log", "trial.log"), ("result", "result.json")):
+        path = folder / name
+        if path.is_file():
+            rel = artifacts.relpath(experiment_id, path)
+            store.add_artifact(s, experiment_id=experiment_id, trial_number=number, kind=kind, path=rel,
+                               size=path.stat().st_size, content_type=content_type_for(rel))
+
+
+def cancel_open_trials(s: Session, experiment_id: int) -> list[int]:
+    """Mark the experiment's ``pending``/``running`` trials ``cancelled``; returns their numbers."""
+    numbers = []
+    for row in store.get_trials(s, experiment_id, states=list(_OPEN)):
+        store.upsert_trial(s, experiment_id, number=row.number, state=TrialState.CANCELLED)
+        numbers.append(row.number)
+    return numbers
+
+
+def finish_experiment(s: Session, experiment_id: int, to: ExperimentState, *, error: str | None = None) -> Experiment:
+    """Cancel the open trials, then move the experiment to the terminal state ``to`` (drops the lease).
+
+    Raises:
+        store.NotFoundError: the experiment was deleted.
+    """
+    exp = store.get_experiment(s, experiment_id)
+    if exp is None:
+        raise store.NotFoundError(f"experiment {experiment_id} not found")
+    cancelled = cancel_open_trials(s, experiment_id)
+    if cancelled:
+        store.append_event(s, experiment_id, "log", {"level": "info", "message": f"cancelled trials {cancelled}",
+                                                     "cancelled_trials": cancelled})
+    store.set_experiment_state(s, exp, to, error=error)
+    return exp
+
+
+def register_best_export(s: Session, artifacts: ArtifactStore, experiment_id: int, export: BestExport | None,
+                         error: str | None = None) -> None:
+    """Register the files of ``best/`` as experiment-level artifacts (size, content type, sha256).
+
+    Rows of kinds that this export did not produce (an earlier export's ``onnx`` when ONNX failed
+    this time) are deleted, so no row points at a file that is gone. Each failed format, and
+    ``error`` (the export as a whole failed), become ``log`` events with ``level: warning``.
+    """
+    files = export.files if export is not None else {}
+    for kind, path in files.items():
+        rel = artifacts.relpath(experiment_id, path)
+        store.add_artifact(s, experiment_id=experiment_id, trial_number=None, kind=kind, path=rel,
+                           size=artifacts.size(experiment_id, rel), content_type=content_type_for(rel),
+                           sha256=artifacts.sha256(experiment_id, rel))
+    stale = [k for k in EXPORT_FILES if k not in files]
+    if stale:
+        s.execute(sa.delete(Artifact).where(Artifact.experiment_id == experiment_id, Artifact.trial_number.is_(None),
+                                            Artifact.kind.in_(stale)))
+    failures = dict(export.failures) if export is not None else {}
+    for fmt, message in failures.items():
+        store.append_event(s, experiment_id, "log", {
+            "level": "warning", "message": f"could not export the best model to {fmt}: {message}",
+            "export_failed": fmt, "error": message})
+    if error is not None:
+        store.append_event(s, experiment_id, "log", {
+            "level": "warning", "message": f"could not export the best model: {error}", "export_failed": "all",
+            "error": error})
