@@ -39,7 +39,10 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 COPY . /src
 # ray pinned to the cluster's version: Ray Client needs the same Ray (and Python) on both ends
-RUN pip install "/src[service,ray]" "ray[default]==${RAY_VERSION}" && rm -rf /src
+RUN pip install "/src[service,ray]" "ray[default]==${RAY_VERSION}" \
+    && mkdir -p /opt/prunesearch && cp -r /src/web /opt/prunesearch/web && rm -rf /src
+# the web UI's static files (not a Python package): service/api/web.py finds them here
+ENV PRUNESEARCH_WEB_DIR=/opt/prunesearch/web
 # same uid/gid as the Ray image's user, so api and workers can both write the shared artifact volume
 RUN groupadd --force --gid 100 users \
     && useradd --uid 1000 --gid 100 --create-home prunesearch \

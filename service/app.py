@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service import db
-from service.api import best, catalog, events, experiments, models, system, trials
+from service.api import best, catalog, events, experiments, models, system, trials, web
 from service.api.deps import authorize
 from service.api.limits import MAX_JSON_BODY, BodyLimitMiddleware
 from service.artifacts import ArtifactStore
@@ -156,6 +156,7 @@ def create_app(settings: Settings | None = None, *, start_runner: bool = True) -
     for module in (experiments, trials, best, events, models, catalog):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=guarded)
     app.include_router(system.router)
+    app.include_router(web.router)  # the UI: pages and static files are public; its data route checks auth itself
     _install_error_handlers(app)
     upload_path = f"{API_PREFIX}/models"
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_JSON_BODY,

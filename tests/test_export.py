@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 # Shares test_speedup's cache of compact models when both files run in one session.
-from test_speedup import CASES, _call, cached_compress, max_diff  # noqa: E402
+from tests.test_speedup import CASES, _call, cached_compress, max_diff  # noqa: E402
 
 #: dynamo ONNX export takes several seconds on these: slow suite only
 SLOW_EXPORTS = {"resnet50", "vgg16_bn", "mobilenet_v2"}

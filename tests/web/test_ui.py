@@ -1,0 +1,358 @@
+"""Browser tests of the web UI in headless Chromium against real servers.
+
+Two servers per module run: one with the experiment runner on (an experiment submitted through the
+form really runs: trials arrive over SSE, the best model is exported and downloaded), one with it
+off whose experiment and 600 trials are written through ``service.store`` (the table, the detail
+panel, auth and the narrow layout, deterministic and fast).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import store
+from service.api import web
+from service.db import session_scope
+from service.states import ExperimentState, TrialState
+from tests.web.conftest import ui_server
+
+ROWS = "#trials-table .vt-viewport .vt-row[data-number]:not([hidden])"
+SUCCEEDED_ROWS = f"{ROWS} .badge[data-state=succeeded]"
+N_BIG = 600
+
+
+# -- a real run, submitted through the form ----------------------------------------------------------
+
+
+@dataclass
+class LiveRun:
+    """What the browser saw while an experiment submitted through the form ran."""
+
+    url: str
+    experiment_id: int
+    name: str
+    state_at_ready: str
+    rows_at_ready: int
+    rows_at_end: int
+    live_status_seen: bool
+    same_document: bool
+    export_sizes: dict[str, int] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def runner_server() -> Iterator[tuple[str, Any]]:
+    with ui_server(runner=True) as (url, app):
+        yield url, app
+
+
+def _fill_spec(page: Any, change: Any) -> None:
+    spec = json.loads(page.input_value("#spec-editor"))
+    change(spec)
+    page.fill("#spec-editor", json.dumps(spec, indent=2))
+
+
+@pytest.fixture(scope="module")
+def live_run(runner_server: tuple[str, Any], browser_context: Any, ui_artifacts: Path) -> LiveRun:
+    """Submit a 3-trial AGP search through the form and watch its page until the search ends."""
+    url, _app = runner_server
+    page = browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(f"{url}/experiments/new")
+        page.wait_for_selector("#spec-editor", timeout=60_000)
+        page.select_option("#f-algorithm", "agp")
+        page.fill("#f-name", "ui-live-run")
+
+        def fast(spec: dict[str, Any]) -> None:
+            spec["name"] = "ui-live-run"
+            spec["algorithm"] = {"name": "agp", "total_iteration": 3}
+            spec["trial"].update(finetune_epochs=0, pretrain_epochs=0)
+
+        page.wait_for_timeout(400)  # the name field writes itself into the spec (debounced)
+        _fill_spec(page, fast)
+        page.screenshot(path=ui_artifacts / "new-experiment.png", full_page=True)
+        page.click("#submit-experiment")
+        page.wait_for_url(re.compile(r"/experiments/\d+$"), timeout=60_000)
+        experiment_id = int(page.url.rsplit("/", 1)[1])
+        page.wait_for_selector("#experiment-page[data-ready]", timeout=30_000)
+        state_at_ready = page.get_attribute(".exp-meta .badge", "data-state") or ""
+        rows_at_ready = page.locator(SUCCEEDED_ROWS).count()
+        page.evaluate("window.__sameDocument = true")
+        live_seen = True
+        try:
+            page.wait_for_selector(".live-dot[data-status=live]", timeout=10_000)
+        except Exception:
+            live_seen = False
+        page.wait_for_function(f"document.querySelectorAll({SUCCEEDED_ROWS!r}).length >= 3", timeout=120_000)
+        page.screenshot(path=ui_artifacts / "experiment-live.png", full_page=True)
+        page.wait_for_selector(".exp-meta .badge[data-state=succeeded]", timeout=60_000)
+        page.wait_for_selector("#downloads a.download[data-format=pt2]", timeout=30_000)
+        page.screenshot(path=ui_artifacts / "experiment-finished.png", full_page=True)
+        return LiveRun(
+            url=url, experiment_id=experiment_id, name="ui-live-run", state_at_ready=state_at_ready,
+            rows_at_ready=rows_at_ready, rows_at_end=page.locator(SUCCEEDED_ROWS).count(),
+            live_status_seen=live_seen, same_document=page.evaluate("window.__sameDocument === true"),
+        )
+    finally:
+        page.close()
+        assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def test_submitted_experiment_appears_in_the_list(live_run: LiveRun, new_page: Any, ui_artifacts: Path) -> None:
+    page = new_page()
+    page.goto(f"{live_run.url}/")
+    page.fill("#filter-q", "ui-live")
+    page.wait_for_url(re.compile(r"/\?q=ui-live$"))  # the filter is in the address, so a reload keeps it
+    row = page.locator(f"#experiments-table tr[data-id='{live_run.experiment_id}']")
+    row.wait_for()
+    assert row.locator(".badge").get_attribute("data-state") == "succeeded"
+    assert "3/3" in row.inner_text()
+    page.screenshot(path=ui_artifacts / "experiments-list.png", full_page=True)
+    page.fill("#filter-q", "no-such-experiment")
+    page.get_by_text("No experiments match these filters.").wait_for()
+
+
+def test_trials_appear_live_over_sse(live_run: LiveRun) -> None:
+    assert live_run.state_at_ready in ("queued", "running")
+    assert live_run.rows_at_ready < 3
+    assert live_run.rows_at_end == 3
+    assert live_run.live_status_seen, "the page never reported its event stream as live"
+    assert live_run.same_document, "the page was reloaded; the rows must arrive through the event stream"
+
+
+def test_charts_render_trial_points(live_run: LiveRun, new_page: Any, ui_artifacts: Path) -> None:
+    if web.plotly_bundle() is None:
+        pytest.skip("the 'plotly' package is not installed (pip install plotly); the charts need its plotly.min.js")
+    page = new_page()
+    page.goto(f"{live_run.url}/experiments/{live_run.experiment_id}")
+    page.wait_for_selector("#experiment-page[data-ready]")
+    assert page.locator("#chart-score .main-svg").count() > 0  # plotly drew SVG
+    assert page.locator("#chart-score .scatterlayer .trace").first.locator(".point").count() == 3
+    assert page.locator("#chart-pareto .scatterlayer .trace").first.locator(".point").count() == 3
+    assert int(page.get_attribute("#chart-pareto", "data-front") or 0) >= 1
+    layers = page.locator("#chart-sparsity .barlayer .point").count()
+    assert layers >= 3  # the digits CNN has three convolutions (and their BNs)
+    page.locator("#chart-score").screenshot(path=ui_artifacts / "chart-score.png")
+
+
+def test_download_best_model_as_pt2(live_run: LiveRun, new_page: Any, tmp_path: Path) -> None:
+    page = new_page()
+    page.goto(f"{live_run.url}/experiments/{live_run.experiment_id}")
+    link = page.locator("#downloads a.download[data-format=pt2]")
+    link.wait_for()
+    for fmt in ("onnx", "safetensors", "masks"):
+        assert page.locator(f"#downloads a.download[data-format={fmt}]").count() == 1
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    target = tmp_path / download.suggested_filename
+    download.save_as(target)
+    assert target.name.endswith("-model.pt2")
+    assert target.stat().st_size > 0
+    assert zipfile.is_zipfile(target), "a .pt2 file is a zip archive"
+    with zipfile.ZipFile(target) as archive:
+        assert any(name.endswith(".json") or "serialized" in name for name in archive.namelist())
+
+
+def test_trial_detail_shows_metrics_and_log(live_run: LiveRun, new_page: Any) -> None:
+    page = new_page()
+    page.goto(f"{live_run.url}/experiments/{live_run.experiment_id}")
+    page.wait_for_selector(ROWS)
+    page.locator(ROWS).first.click()
+    detail = page.locator("#trial-detail")
+    detail.locator("pre.log").wait_for()
+    assert "Trial #0" in detail.locator("h2").inner_text()
+    assert "flops_ratio" in detail.inner_text()
+    assert detail.locator("pre.log").inner_text().strip() not in ("", "(no log)")
+    page.keyboard.press("Escape")
+    assert detail.is_hidden()
+
+
+def test_validation_error_is_shown_at_its_line(runner_server: tuple[str, Any], new_page: Any, ui_artifacts: Path) -> None:
+    url, _ = runner_server
+    page = new_page()
+    page.goto(f"{url}/experiments/new")
+    page.wait_for_selector("#spec-editor")
+    _fill_spec(page, lambda spec: spec["pruner"]["config_list"][0].update(sparse_ratio=1.5))
+    page.click("#submit-experiment")
+    note = page.locator('.editor-note[data-path="pruner.config_list[0].sparse_ratio"]')
+    note.wait_for()
+    assert "1.5" in note.inner_text()
+    line = int(note.get_attribute("data-line") or 0)
+    text_line = page.input_value("#spec-editor").split("\n")[line - 1]
+    assert '"sparse_ratio": 1.5' in text_line
+    assert page.get_attribute("#spec-editor", "aria-invalid") == "true"
+    assert "pruner.config_list[0].sparse_ratio" in page.inner_text("#spec-errors")
+    assert page.url.endswith("/experiments/new")  # nothing was created
+    page.screenshot(path=ui_artifacts / "validation-error.png", full_page=True)
+
+
+def test_validation_error_of_a_form_field_is_shown_under_it(runner_server: tuple[str, Any], new_page: Any) -> None:
+    url, _ = runner_server
+    page = new_page()
+    page.goto(f"{url}/experiments/new")
+    page.wait_for_selector("#spec-editor")
+    page.fill("#f-max-trials", "0")
+    page.click("#submit-experiment")
+    error = page.locator("#f-max-trials-error")
+    error.wait_for()
+    assert "greater than or equal to 1" in error.inner_text()
+    assert page.get_attribute("#f-max-trials", "aria-invalid") == "true"
+
+
+def test_yaml_editing_round_trips_through_the_server(runner_server: tuple[str, Any], new_page: Any) -> None:
+    url, _ = runner_server
+    page = new_page()
+    page.goto(f"{url}/experiments/new")
+    page.wait_for_selector("#spec-editor")
+    before = json.loads(page.input_value("#spec-editor"))
+    page.check("input[name=format][value=yaml]")
+    page.wait_for_function("!document.querySelector('#spec-editor').value.trim().startsWith('{')")
+    yaml_text = page.input_value("#spec-editor")
+    assert "config_list:" in yaml_text and "sparse_ratio: 0.5" in yaml_text
+    page.fill("#spec-editor", yaml_text.replace("sparse_ratio: 0.5", "sparse_ratio: 2"))
+    page.click("#submit-experiment")
+    note = page.locator('.editor-note[data-path="pruner.config_list[0].sparse_ratio"]')
+    note.wait_for()
+    line = int(note.get_attribute("data-line") or 0)
+    assert page.input_value("#spec-editor").split("\n")[line - 1].strip() == "sparse_ratio: 2"
+    page.check("input[name=format][value=json]")
+    page.wait_for_function("document.querySelector('#spec-editor').value.trim().startsWith('{')")
+    after = json.loads(page.input_value("#spec-editor"))
+    before["pruner"]["config_list"][0]["sparse_ratio"] = 2
+    assert after == before
+
+
+# -- a server without the runner, its trials written through service.store -------------------------------
+
+
+@dataclass
+class StaticExperiment:
+    url: str
+    app: Any
+    experiment_id: int
+    best_number: int
+    failed: list[int]
+
+
+def _score(i: int) -> float:
+    return ((i * 37) % N_BIG) / N_BIG
+
+
+@pytest.fixture(scope="module")
+def static_server() -> Iterator[StaticExperiment]:
+    with ui_server(runner=False) as (url, app):
+        failed = [i for i in range(N_BIG) if i % 97 == 5]
+        with session_scope(app.state.session_factory) as s:
+            exp = store.create_experiment(s, spec={"name": "big", "objective": {"metric": "accuracy"}}, name="big-table",
+                                          algorithm="optuna", model="search.zoo:digits_cnn", max_trials=N_BIG)
+            store.set_experiment_state(s, exp, ExperimentState.RUNNING)
+            best = max((i for i in range(N_BIG) if i not in failed), key=_score)
+            for i in range(N_BIG):
+                ok = i not in failed
+                store.record_trial_result(
+                    s, exp.id, number=i, state=TrialState.SUCCEEDED if ok else TrialState.FAILED, generator_state=None,
+                    params={"sparsity": round(i / N_BIG, 3)}, score=_score(i) if ok else None,
+                    metrics={"accuracy": _score(i), "flops_ratio": 1 - i / (2 * N_BIG), "params_ratio": 1 - i / (2 * N_BIG),
+                             "flops": 1e6, "params": 5e4} if ok else {},
+                    achieved_sparsity={"conv1": 0.3, "conv2": 0.5} if ok else {}, duration_s=1.0 + i % 7,
+                    error=None if ok else f"Traceback (most recent call last):\n  File \"x.py\"\nValueError: boom {i}",
+                    **({"best_number": i, "best_score": _score(i), "best_flops_ratio": 0.5} if i == best else {}),
+                )
+            experiment_id = exp.id
+        yield StaticExperiment(url, app, experiment_id, best, failed)
+
+
+def test_large_trial_table_is_virtual_and_sorted_by_the_server(static_server: StaticExperiment, new_page: Any) -> None:
+    page = new_page()
+    page.goto(f"{static_server.url}/experiments/{static_server.experiment_id}")
+    page.wait_for_selector("#experiment-page[data-ready]")
+    assert page.get_attribute("#trials-table", "aria-rowcount") == str(N_BIG + 1)
+    assert page.locator("#trials-table .vt-viewport .vt-row").count() < 60  # only the rows in view exist
+    page.eval_on_selector("#trials-table .vt-viewport", "el => { el.scrollTop = el.scrollHeight; }")
+    page.locator(f"{ROWS.replace(':not([hidden])', '')}[data-number='{N_BIG - 1}']").wait_for()
+    page.click("#trials-table [data-sort=score] button")
+    page.wait_for_function(
+        "n => { const r = document.querySelector('#trials-table .vt-viewport .vt-row[data-index=\"0\"]');"
+        " return r && r.dataset.number === String(n); }", arg=static_server.best_number)
+    assert page.get_attribute("#trials-table [data-sort=score]", "aria-sort") == "descending"
+
+
+def test_failed_trial_shows_its_traceback(static_server: StaticExperiment, new_page: Any) -> None:
+    page = new_page()
+    page.goto(f"{static_server.url}/experiments/{static_server.experiment_id}")
+    number = static_server.failed[0]
+    row = page.locator(f"{ROWS}[data-number='{number}']")
+    row.wait_for()
+    assert row.locator(".badge").get_attribute("data-state") == "failed"
+    row.focus()
+    page.keyboard.press("Enter")
+    traceback = page.locator("#trial-detail pre.traceback")
+    traceback.wait_for()
+    assert f"ValueError: boom {number}" in traceback.inner_text()
+
+
+def test_stream_resumes_after_the_server_closes_it(static_server: StaticExperiment, new_page: Any) -> None:
+    app = static_server.app
+    # the server ends every stream after 0.5 s and hints a 0.2 s reconnection delay (retry:);
+    # the page reconnects with Last-Event-ID each time
+    app.state.sse_max_s, app.state.sse_retry_ms = 0.5, 200
+    try:
+        page = new_page()
+        page.goto(f"{static_server.url}/experiments/{static_server.experiment_id}")
+        page.wait_for_selector(".live-dot[data-status=live]")
+        page.wait_for_timeout(1500)  # at least two reconnections
+        with session_scope(app.state.session_factory) as s:
+            store.append_event(s, static_server.experiment_id, "log", {"level": "info", "message": "resume-check"})
+            store.record_trial_result(s, static_server.experiment_id, number=N_BIG, state=TrialState.FAILED,
+                                      generator_state=None, error="RuntimeError: late trial",
+                                      events=[("trial_failed", {"number": N_BIG, "error": "RuntimeError: late trial"})])
+        page.get_by_text("resume-check").wait_for()
+        page.wait_for_function(f"document.querySelector('#trials-table').getAttribute('aria-rowcount') === '{N_BIG + 2}'")
+        page.wait_for_timeout(1200)  # more reconnections: nothing may be delivered twice
+        assert page.get_by_text("resume-check").count() == 1
+        assert page.get_by_text("trial 600 failed").count() == 1
+    finally:
+        app.state.sse_max_s, app.state.sse_retry_ms = None, 3000
+
+
+def test_narrow_window_has_no_horizontal_page_scroll(static_server: StaticExperiment, new_page: Any,
+                                                     ui_artifacts: Path) -> None:
+    page = new_page(width=390, height=844)
+    for path, name in ((f"/experiments/{static_server.experiment_id}", "experiment-narrow.png"), ("/", "list-narrow.png")):
+        page.goto(static_server.url + path)
+        page.wait_for_selector("#experiment-page[data-ready], #experiments-table")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), path
+        page.screenshot(path=ui_artifacts / name, full_page=True)
+
+
+def test_token_is_asked_for_on_401_and_the_call_retried(static_server: StaticExperiment, new_page: Any,
+                                                        ui_artifacts: Path) -> None:
+    with session_scope(static_server.app.state.session_factory) as s:
+        _, token = store.create_token(s, name="ui-test")
+    page = new_page()
+    page.goto(f"{static_server.url}/experiments/{static_server.experiment_id}")
+    page.wait_for_selector("#experiment-page[data-ready]")
+    page.get_by_role("button", name="Cancel").click()
+    dialog = page.locator("#token-dialog")
+    dialog.wait_for(state="visible")
+    page.fill("#token-dialog-input", "ps_not_a_token")
+    page.get_by_role("button", name="Save and retry").click()
+    page.wait_for_function("document.querySelector('#token-dialog-message').textContent.includes('not accepted')")
+    page.screenshot(path=ui_artifacts / "token-prompt.png")
+    page.fill("#token-dialog-input", token)
+    page.get_by_role("button", name="Save and retry").click()
+    page.wait_for_selector(".exp-meta .badge[data-state=cancelling]")  # running: the runner finishes the cancel
+    assert page.evaluate("localStorage.getItem('prunesearch.token')") == token
+    assert page.inner_text("#token-state") == "token saved"
+    with session_scope(static_server.app.state.session_factory) as s:
+        assert store.get_experiment(s, static_server.experiment_id).state is ExperimentState.CANCELLING
