@@ -14,7 +14,8 @@ same score (``evaluator`` = -validation cross-entropy). NNI 2.x has no FLOPs con
 imposes ``max_flops_ratio``: a trial over the MACs target scores -1000 (never best, never accepted by the
 annealing); AMC gets the budget as its FLOPs sparsity (``target='flops'``).
 
-Writes ``job.json``'s ``out`` file (``torch.save`` of ``{'masks': {module: {'weight': mask}}}``) and prints
+Writes ``job.json``'s ``out`` file (``torch.save`` of ``{'masks': {module: {'weight': mask}}, 'state': the best
+model's state dict}``, tensors only) and prints
 one JSON line with the summary (trials, feasible trials, best score, channels, wall time, or the error).
 NNI's own intermediate files (pickled models it writes to a temporary log_dir and reads back) are loaded
 with ``weights_only=False``: they are this process's own output, never external input.
@@ -247,7 +248,10 @@ def main() -> None:
                                else FULL[i] for i, c in enumerate(CONVS)]
         summary["masks"] = True
     summary["flops_ratio"] = macs(*summary["channels"]) / origin
-    torch.save({"masks": masks_out}, job["out"])
+    # the best model's own (trained) weights, so bench_search.py can judge it as ours (B)
+    state = {k: v.detach().cpu().clone() for k, v in best_model.state_dict().items() if isinstance(v, torch.Tensor)}
+    summary["state"] = bool(state)
+    torch.save({"masks": masks_out, "state": state}, job["out"])
     print(json.dumps(summary))
 
 

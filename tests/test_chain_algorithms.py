@@ -277,3 +277,34 @@ def test_a_resumed_chain_ends_where_an_uninterrupted_one_does(name: str, crash: 
     assert all(torch.equal(last_b.masks[m]["weight"], last_a.masks[m]["weight"]) for m in ("0", "2"))
     assert json.loads((tmp_path / "b" / "best_result" / "result.json").read_text())["task_id"] == \
         uninterrupted.best_result().task_id
+
+
+# -- LotteryTicket: rewinding the weights or only the schedule ------------------------------------------------
+@pytest.mark.parametrize("reset_weight", [True, False])
+def test_lottery_rewinds_the_weights_only_with_reset_weight(reset_weight: bool) -> None:
+    starts: list[torch.Tensor] = []
+
+    def finetuner(m: nn.Module) -> None:  # "training" adds 1 to every weight of layer 0
+        starts.append(m[0].weight.detach().clone())
+        with torch.no_grad():
+            m[0].weight.add_(1.0)
+
+    model = mlp()
+    origin = model[0].weight.detach().clone()
+    pruner = LotteryTicketPruner(model, [{"op_names": ["0"], "sparse_ratio": 0.5}], "l1", 2, finetuner=finetuner,
+                                 log_dir=None, reset_weight=reset_weight)
+    pruner.compress()
+    tasks = pruner.task_generator.tasks
+    assert [tasks[i].params["reset_weight"] for i in (0, 1)] == [reset_weight, reset_weight]
+    kept = pruner.task_generator.results[0].masks["0"]["weight"].amax(1) > 0  # rows iteration 1 kept
+    expected = origin[kept] if reset_weight else origin[kept] + 1.0  # iteration 2 starts rewound, or trained
+    torch.testing.assert_close(starts[1][kept], expected)
+
+
+def test_the_registry_passes_reset_weight_to_the_lottery_generator() -> None:
+    gen = create_task_generator("lottery_ticket", {"total_iteration": 2, "reset_weight": False}, origin_model=mlp(),
+                                config_list=[{"op_names": ["0"], "sparse_ratio": 0.5}])
+    assert gen.ask(1)[0].params["reset_weight"] is False
+    with pytest.raises(Exception, match="reset_weight"):
+        create_task_generator("lottery_ticket", {"total_iteration": 2, "reset_weight": "no"}, origin_model=mlp(),
+                              config_list=[{"op_names": ["0"], "sparse_ratio": 0.5}])

@@ -196,6 +196,25 @@ def test_ray_retries_a_trial_whose_worker_was_killed(ray_cluster, tmp_path):
 
 
 @pytest.mark.ray
+def test_ray_poll_returns_a_finished_trial_at_once_while_another_runs(ray_cluster, tmp_path):
+    from workers.executors import RayExecutor
+
+    executor = RayExecutor(trial_fn=sleeping_trial)
+    delays = []
+    try:
+        executor.submit(trial_spec(tmp_path, 0, sleep=30))  # keeps running through the whole test
+        for task_id in range(1, 6):
+            executor.submit(trial_spec(tmp_path, task_id, sleep=0.3))
+            [(handle, result)] = executor.poll(timeout=20)
+            delays.append(time.time() - result.finished_at)
+            assert handle.trial_id == task_id and result.ok
+    finally:
+        executor.shutdown()
+    # poll waits for the first finished trial, not for all or for its 0.25 s polling slice to run out
+    assert sorted(delays)[2] < 0.1, f"poll returned {delays} s after the trials finished"
+
+
+@pytest.mark.ray
 def test_ray_gives_up_after_max_retries(ray_cluster, tmp_path):
     from workers.executors import RayExecutor
 

@@ -352,7 +352,10 @@ class RayExecutor:
             if not self._runs or done:
                 return done
             wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
-            ready, _ = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=wait)
+            # Return as soon as one trial is done (num_returns=1), plus any others done by then (timeout 0).
+            ready, rest = ray.wait(list(self._runs), num_returns=1, timeout=wait)
+            if ready and rest:
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in ready:
                 run = self._forget(ref)
                 done.append((run.handle, self._collect(run)))

@@ -599,7 +599,7 @@ def _validate_experiment(spec: ExperimentSpec) -> None:
 
     import torch  # noqa: PLC0415
 
-    from search.algorithms.registry import AlgorithmError, create_task_generator  # noqa: PLC0415
+    from search.algorithms.registry import AlgorithmError, algorithm_entry, create_task_generator  # noqa: PLC0415
     from search.config import ConfigError, canonicalize_config_list  # noqa: PLC0415
     from search.pruning.registry import get_pruner_class  # noqa: PLC0415
     from search.speedup import resolve_factory  # noqa: PLC0415
@@ -654,10 +654,14 @@ def _validate_experiment(spec: ExperimentSpec) -> None:
             if (name not in (*supplied, "self") and param.default is param.empty
                     and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL) and name not in kwargs):
                 raise SpecError(f"{path}.{name}", f"required by pruner {pruner_name!r}")
+    try:  # AMC and Optuna pick every layer's ratio: a sub-config may give bounds only
+        config_list = algorithm_entry(spec.algorithm.name).config_for_validation(spec.pruner.config_list)
+    except AlgorithmError as exc:
+        raise SpecError("algorithm.name", exc.message) from None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            selected = canonicalize_config_list(model, spec.pruner.config_list, mode="pruning")
+            selected = canonicalize_config_list(model, config_list, mode="pruning")
     except ConfigError as exc:
         head, sep, rest = str(exc).partition(": ")
         raise SpecError(f"pruner.{head}" if sep else "pruner.config_list", rest if sep else head) from None

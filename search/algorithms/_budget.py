@@ -43,6 +43,30 @@ METRICS = ("flops", "params")
 _RATIO_KEYS = ("sparse_ratio", "sparsity", "sparsity_per_layer", "total_sparsity", "sparse_threshold")
 
 
+def unrated_subconfigs(config_list: Sequence[Mapping[str, Any]]) -> set[int]:
+    """Indexes of the sub-configs that select layers but give no ratio (a per-layer search picks it)."""
+    return {i for i, sub in enumerate(config_list) if isinstance(sub, Mapping) and not sub.get("exclude")
+            and not any(k in sub for k in _RATIO_KEYS)}
+
+
+def with_placeholder_ratios(config_list: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """``config_list`` with a ``sparse_ratio`` in the sub-configs that give none, for validation.
+
+    The placeholder is the sub-config's ``min_sparse_ratio`` (or 0), so it is within its bounds.
+
+    Example:
+        >>> with_placeholder_ratios([{'op_types': ['Conv2d'], 'max_sparse_ratio': 0.9}])
+        [{'op_types': ['Conv2d'], 'max_sparse_ratio': 0.9, 'sparse_ratio': 0.0}]
+    """
+    unrated = unrated_subconfigs(config_list)
+
+    def placeholder(sub: Mapping[str, Any]) -> Any:
+        low = sub.get("min_sparse_ratio")
+        return low if isinstance(low, int | float) and not isinstance(low, bool) else 0.0
+
+    return [{**sub, "sparse_ratio": placeholder(sub)} if i in unrated else sub for i, sub in enumerate(config_list)]
+
+
 def channels_removed(ratio: float, n: int) -> int:
     """Channels a pruner masks for ``ratio`` of ``n`` (rounded half up, as the allocator does)."""
     return max(0, min(n, int(math.floor(ratio * n + 0.5 + _EPS))))
@@ -114,11 +138,8 @@ def resolve_layers(
     if target not in METRICS:
         raise ValueError(f"target must be 'flops' or 'params', got {target!r}")
     # A search config may leave the ratio out (the search picks it): give the validator a placeholder.
-    unrated = {i for i, sub in enumerate(config_list) if isinstance(sub, Mapping) and not sub.get("exclude")
-               and not any(k in sub for k in _RATIO_KEYS)}
-    settings = canonicalize_config_list(
-        model, [{**sub, "sparse_ratio": 0.0} if i in unrated else sub for i, sub in enumerate(config_list)]
-    )
+    unrated = unrated_subconfigs(config_list)
+    settings = canonicalize_config_list(model, with_placeholder_ratios(config_list))
     names, bounds, ratios = [], {}, {}
     for name, targets in settings.items():
         setting = targets.get("weight")

@@ -302,6 +302,8 @@ class AMCPruner(SearchPruner):
         speedup: keep each result's compact model.
         pruning_params: extra arguments for the pruner.
         log_dir, keep_intermediate_result, constraints, seed: see :class:`~search.scheduling.TaskGenerator`.
+        gradual: prune during each trial's finetune instead of before it (see
+            :class:`~search.scheduling.PruningScheduler`).
     """
 
     task_generator: AMCTaskGenerator
@@ -327,6 +329,7 @@ class AMCPruner(SearchPruner):
         max_sparse_ratio: float = 0.8,
         constraints: Mapping[str, Any] | Constraints | None = None,
         seed: int = 0,
+        gradual: Mapping[str, Any] | None = None,
     ) -> None:
         self.task_generator = AMCTaskGenerator(
             model, config_list, dummy_input, max_episodes=max_episodes, target=target, ddpg_params=ddpg_params,
@@ -335,5 +338,5 @@ class AMCPruner(SearchPruner):
         )
         self.scheduler = PruningScheduler(
             pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup, dummy_input=dummy_input,
-            evaluator=evaluator, pruner_kwargs=pruning_params,
+            evaluator=evaluator, pruner_kwargs=pruning_params, gradual=gradual,
         )

@@ -591,6 +591,8 @@ class SimulatedAnnealingPruner(SearchPruner):
         log_dir, keep_intermediate_result, finetuner, speedup, dummy_input: as in NNI.
         neighbours_per_temperature, max_layer_ratio, best_result_mode, max_trials, constraints,
             seed: see :class:`SimulatedAnnealingTaskGenerator`.
+        gradual: prune during each trial's finetune instead of before it (see
+            :class:`~search.scheduling.PruningScheduler`).
     """
 
     def __init__(
@@ -616,6 +618,7 @@ class SimulatedAnnealingPruner(SearchPruner):
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
+        gradual: Mapping[str, Any] | None = None,
     ) -> None:
         if evaluator is None:
             raise ValueError("SimulatedAnnealingPruner needs an evaluator: annealing compares scores")
@@ -627,4 +630,5 @@ class SimulatedAnnealingPruner(SearchPruner):
             dummy_input=dummy_input,
         )
         self.scheduler = PruningScheduler(pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup,
-                                          dummy_input=dummy_input, evaluator=evaluator, pruner_kwargs=pruning_params)
+                                          dummy_input=dummy_input, evaluator=evaluator, pruner_kwargs=pruning_params,
+                                          gradual=gradual)

@@ -395,6 +395,8 @@ class AutoCompressPruner(SearchPruner):
         log_dir, keep_intermediate_result, finetuner, speedup, dummy_input: as in NNI.
         evaluator: ``evaluator(model) -> score`` (required).
         max_layer_ratio, best_result_mode, max_trials, constraints, seed: as for the generator.
+        gradual: prune during each trial's finetune instead of before it (see
+            :class:`~search.scheduling.PruningScheduler`).
     """
 
     def __init__(
@@ -416,6 +418,7 @@ class AutoCompressPruner(SearchPruner):
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
+        gradual: Mapping[str, Any] | None = None,
     ) -> None:
         if evaluator is None:
             raise ValueError("AutoCompressPruner needs an evaluator: the allocation search compares scores")
@@ -436,5 +439,5 @@ class AutoCompressPruner(SearchPruner):
         pruner: str | type[Pruner] = pruning_algorithm
         self.scheduler = PruningScheduler(
             pruner, self.task_generator, finetuner=finetuner, speedup=speedup, dummy_input=dummy_input,
-            evaluator=evaluator, pruner_kwargs=pruning_params, task_pruners={"admm": admm},
+            evaluator=evaluator, pruner_kwargs=pruning_params, task_pruners={"admm": admm}, gradual=gradual,
         )

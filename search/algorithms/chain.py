@@ -108,13 +108,47 @@ class AGPTaskGenerator(FunctionBasedTaskGenerator):
 
 
 class LotteryTicketTaskGenerator(FunctionBasedTaskGenerator):
-    """Iterative magnitude pruning (Frankle & Carbin 2019): keep ``(1 - target) ** (i / T)`` each step."""
+    """Iterative magnitude pruning (Frankle & Carbin 2019): keep ``(1 - target) ** (i / T)`` each step.
+
+    Each iteration ranks its parent's trained weights; with ``reset_weight=True`` (default, as in
+    NNI) the weights are then rewound to the origin model's before the finetune. With
+    ``reset_weight=False`` they are kept and only the finetune's schedule starts over ("learning-rate
+    rewinding", Renda et al., ICLR 2020), which trains the surviving weights across iterations.
+    Every task says which in ``params['reset_weight']``; whoever runs the tasks rewinds only then.
+
+    Example:
+        >>> import torch
+        >>> gen = LotteryTicketTaskGenerator(2, torch.nn.Linear(4, 4), origin_config_list=[{'op_types': ['Linear'], 'sparse_ratio': 0.75}],
+        ...                                  log_dir=None, best_result_mode='latest', reset_weight=False)
+        >>> task = gen.ask(1)[0]
+        >>> task.config_list[0]['sparse_ratio'], task.params['reset_weight']
+        (0.5, False)
+    """
+
+    def __init__(self, total_iteration: int, origin_model: nn.Module | None = None, *args: Any,
+                 reset_weight: bool = True, **kwargs: Any) -> None:
+        if not isinstance(reset_weight, bool):
+            raise ValueError(f"reset_weight must be true or false, got {reset_weight!r}")
+        super().__init__(total_iteration, origin_model, *args, **kwargs)
+        self.reset_weight = reset_weight
 
     def ratio_at(self, target: float, iteration: int) -> float:
         return 1.0 - (1.0 - target) ** (iteration / self.total_iteration)
 
+    def _propose(self, n: int) -> list[Proposal]:
+        proposals = super()._propose(n)
+        for proposal in proposals:
+            proposal.params["reset_weight"] = self.reset_weight
+        return proposals
+
 
 class _ChainPruner:
+    """The NNI-named chain pruners: a chain generator run in-process by a :class:`PruningScheduler`.
+
+    The arguments are NNI's; besides them ``best_result_mode``, ``constraints`` and ``gradual``
+    (prune during each iteration's finetune instead of before it, see ``PruningScheduler``).
+    """
+
     generator_class: type[FunctionBasedTaskGenerator]
     reset_weight = False
 
@@ -134,15 +168,18 @@ class _ChainPruner:
         *,
         best_result_mode: str | None = None,
         constraints: Mapping[str, Any] | None = None,
+        gradual: Mapping[str, Any] | None = None,
+        **generator_params: Any,
     ) -> None:
         mode = best_result_mode or ("maximize" if evaluator is not None else "latest")
         self.task_generator = self.generator_class(
             total_iteration, model, origin_config_list=config_list, log_dir=log_dir,
             keep_intermediate_result=keep_intermediate_result, best_result_mode=mode, constraints=dict(constraints or {}),
+            **generator_params,
         )
         self.scheduler = PruningScheduler(
             pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup, dummy_input=dummy_input,
-            evaluator=evaluator, reset_weight=self.reset_weight, pruner_kwargs=pruning_params,
+            evaluator=evaluator, reset_weight=self.reset_weight, pruner_kwargs=pruning_params, gradual=gradual,
         )
 
     def compress(self) -> None:
@@ -165,7 +202,15 @@ class AGPPruner(_ChainPruner):
 
 
 class LotteryTicketPruner(_ChainPruner):
-    """Iterative magnitude pruning that rewinds to the origin weights before each finetune."""
+    """Iterative magnitude pruning that rewinds to the origin weights before each finetune.
+
+    ``reset_weight=False`` (NNI's argument) keeps the trained weights instead: learning-rate
+    rewinding, see :class:`LotteryTicketTaskGenerator`.
+    """
 
     generator_class = LotteryTicketTaskGenerator
     reset_weight = True
+
+    def __init__(self, model: nn.Module, config_list: list[dict[str, Any]], pruning_algorithm: str | type[Pruner] = "l1",
+                 total_iteration: int = 10, *args: Any, reset_weight: bool = True, **kwargs: Any) -> None:
+        super().__init__(model, config_list, pruning_algorithm, total_iteration, *args, reset_weight=reset_weight, **kwargs)

@@ -400,6 +400,8 @@ class NetAdaptPruner(SearchPruner):
         log_dir, keep_intermediate_result, speedup, pruning_params: as for the other search pruners.
         reduction_per_iteration, sparsity_per_iteration, max_layer_ratio, best_result_mode,
             max_trials, constraints, seed: see :class:`NetAdaptTaskGenerator`.
+        gradual: prune during each trial's finetune instead of before it (see
+            :class:`~search.scheduling.PruningScheduler`).
     """
 
     def __init__(
@@ -422,6 +424,7 @@ class NetAdaptPruner(SearchPruner):
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
+        gradual: Mapping[str, Any] | None = None,
     ) -> None:
         if evaluator is None:
             raise ValueError("NetAdaptPruner needs an evaluator: candidates are compared by score")
@@ -431,4 +434,5 @@ class NetAdaptPruner(SearchPruner):
             max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed,
         )
         self.scheduler = PruningScheduler(pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup,
-                                          dummy_input=dummy_input, evaluator=evaluator, pruner_kwargs=pruning_params)
+                                          dummy_input=dummy_input, evaluator=evaluator, pruner_kwargs=pruning_params,
+                                          gradual=gradual)

@@ -322,6 +322,8 @@ class OptunaPruner(SearchPruner):
         finetuner: ``finetuner(model)`` after pruning.
         speedup, pruning_params, log_dir, keep_intermediate_result, constraints, seed: as in the
             other pruners.
+        gradual: prune during each trial's finetune instead of before it (see
+            :class:`~search.scheduling.PruningScheduler`).
     """
 
     task_generator: OptunaTaskGenerator
@@ -347,6 +349,7 @@ class OptunaPruner(SearchPruner):
         keep_intermediate_result: bool = False,
         constraints: Mapping[str, Any] | Constraints | None = None,
         seed: int = 0,
+        gradual: Mapping[str, Any] | None = None,
     ) -> None:
         self.task_generator = OptunaTaskGenerator(
             model, config_list, dummy_input, max_trials=max_trials, target=target, multi_objective=multi_objective,
@@ -355,7 +358,7 @@ class OptunaPruner(SearchPruner):
         )
         self.scheduler = PruningScheduler(
             pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup, dummy_input=dummy_input,
-            evaluator=evaluator, pruner_kwargs=pruning_params,
+            evaluator=evaluator, pruner_kwargs=pruning_params, gradual=gradual,
         )
 
     def pareto_front(self) -> list[TaskResult]:

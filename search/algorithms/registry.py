@@ -29,7 +29,7 @@ import difflib
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,8 @@ class AlgorithmEntry:
             before pruning, as LotteryTicket does.
         task_pruners: ``task_pruners(pruner_name) -> {name: kwargs}``: defaults for the pruners that
             tasks ask for by name through ``task.params['pruner']`` (AutoCompress's ``'admm'``).
+        chooses_ratios: the algorithm picks every layer's ratio itself (AMC, Optuna), so a config
+            list may select layers with bounds only (no ``sparse_ratio``).
     """
 
     name: str
@@ -80,6 +82,20 @@ class AlgorithmEntry:
     description: str = ""
     reset_weight: bool = False
     task_pruners: Callable[[str], dict[str, dict[str, Any]]] | None = None
+    chooses_ratios: bool = False
+
+    def config_for_validation(self, config_list: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """``config_list`` as a pruner validator should see it: placeholders where the algorithm picks the ratio.
+
+        Example:
+            >>> algorithm_entry('optuna').config_for_validation([{'op_types': ['Conv2d']}])
+            [{'op_types': ['Conv2d'], 'sparse_ratio': 0.0}]
+        """
+        if not self.chooses_ratios:
+            return list(config_list)
+        from search.algorithms._budget import with_placeholder_ratios  # noqa: PLC0415
+
+        return with_placeholder_ratios(config_list)
 
     def load(self) -> type[TaskGenerator]:
         module_name, _, class_name = self.target.partition(":")
@@ -108,13 +124,13 @@ _ALIASES: dict[str, str] = {}
 def register_algorithm(name: str, target: str, description: str = "", *, aliases: tuple[str, ...] = (),
                        reset_weight: bool = False,
                        task_pruners: Callable[[str], dict[str, dict[str, Any]]] | None = None,
-                       overwrite: bool = False) -> None:
+                       chooses_ratios: bool = False, overwrite: bool = False) -> None:
     """Register ``'package.module:ClassName'`` under ``name`` (and ``aliases``); see :class:`AlgorithmEntry`."""
     if not re.fullmatch(r"[\w.]+:[\w.]+", target):
         raise ValueError(f"target must look like 'package.module:ClassName', got {target!r}")
     if (name in ALGORITHMS or name in _ALIASES) and not overwrite:
         raise ValueError(f"an algorithm named {name!r} is registered already")
-    ALGORITHMS[name] = AlgorithmEntry(name, target, description, reset_weight, task_pruners)
+    ALGORITHMS[name] = AlgorithmEntry(name, target, description, reset_weight, task_pruners, chooses_ratios)
     for alias in aliases:
         _ALIASES[alias] = name
 
@@ -138,8 +154,10 @@ def _admm_defaults(pruner_name: str) -> dict[str, dict[str, Any]]:
 
 register_algorithm("auto_compress", "search.algorithms.autocompress:AutoCompressTaskGenerator",
                    "AutoCompress: simulated annealing + ADMM", aliases=("autocompress",), task_pruners=_admm_defaults)
-register_algorithm("amc", "search.algorithms.amc:AMCTaskGenerator", "AMC: a DDPG agent picks per-layer sparsities")
-register_algorithm("optuna", "search.algorithms.optuna_search:OptunaTaskGenerator", "Optuna (TPE) over per-layer sparsities")
+register_algorithm("amc", "search.algorithms.amc:AMCTaskGenerator", "AMC: a DDPG agent picks per-layer sparsities",
+                   chooses_ratios=True)
+register_algorithm("optuna", "search.algorithms.optuna_search:OptunaTaskGenerator", "Optuna (TPE) over per-layer sparsities",
+                   chooses_ratios=True)
 
 
 def list_algorithms() -> list[str]:

@@ -23,6 +23,8 @@ from search.pruning.data_pruners import (
     TaylorPruner,
 )
 from search.pruning.evaluator import Evaluator, TorchEvaluator
+from search.pruning.gradual import GradualPruning, GradualSchedule
+from search.pruning.group import GroupL1NormPruner, GroupL2NormPruner, GroupNormPruner
 from search.pruning.in_training import InTrainingPruner
 from search.pruning.io import load_masks, load_state_dict, save_masks, save_state_dict
 from search.pruning.pruners import FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner, NormPruner
@@ -51,6 +53,11 @@ __all__ = [
     "DataCollector",
     "DistMetricsCalculator",
     "FPGMPruner",
+    "GradualPruning",
+    "GradualSchedule",
+    "GroupL1NormPruner",
+    "GroupL2NormPruner",
+    "GroupNormPruner",
     "L1NormPruner",
     "L2NormPruner",
     "LevelPruner",

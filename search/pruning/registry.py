@@ -14,6 +14,7 @@ from search.pruning.data_pruners import (
     SlimPruner,
     TaylorFOWeightPruner,
 )
+from search.pruning.group import GroupL1NormPruner, GroupL2NormPruner
 from search.pruning.pruners import FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner
 
 __all__ = ["PRUNERS", "register_pruner", "get_pruner_class", "make_pruner"]
@@ -23,6 +24,8 @@ PRUNERS: dict[str, type[Pruner]] = {
     "l1": L1NormPruner,
     "l2": L2NormPruner,
     "fpgm": FPGMPruner,
+    "group_l1": GroupL1NormPruner,
+    "group_l2": GroupL2NormPruner,
     "slim": SlimPruner,
     "taylor": TaylorFOWeightPruner,
     "apoz": ActivationAPoZRankPruner,

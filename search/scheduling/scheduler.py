@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import time
 import traceback
@@ -31,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from search.metrics import measure_latency, model_cost
-from search.pruning import Pruner
-from search.pruning.registry import make_pruner
+from search.pruning import GradualPruning, GradualSchedule, Pruner
+from search.pruning.registry import get_pruner_class, make_pruner
 from search.scheduling.generator import TaskGenerator
 from search.scheduling.task import Task, TaskResult
 
@@ -41,6 +42,13 @@ __all__ = ["BasePruningScheduler", "PruningScheduler", "achieved_sparsity"]
 logger = logging.getLogger(__name__)
 
 Masks = dict[str, dict[str, Tensor]]
+
+
+def _accepts(cls: type, name: str) -> bool:
+    try:
+        return name in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def achieved_sparsity(masks: Mapping[str, Mapping[str, Tensor]]) -> dict[str, float]:
@@ -88,12 +96,18 @@ class PruningScheduler(BasePruningScheduler):
         task_generator: the search algorithm.
         finetuner: ``finetuner(model)`` trains the (wrapped, masked) model in place.
         speedup: keep the compact model of each result (FLOPs/params are measured either way).
-        dummy_input: an input for speedup and cost measurement.
+        dummy_input: an input for speedup and cost measurement; also handed to pruners that take
+            a ``dummy_input`` (``group_l1`` traces the model with it) unless their kwargs set one.
         evaluator: ``evaluator(model) -> score``.
-        reset_weight: start each task from the origin weights (lottery ticket rewinding).
+        reset_weight: start each task from the origin weights (lottery ticket rewinding), unless
+            the task's ``params['reset_weight']`` is false.
         pruner_kwargs: extra arguments for the pruner (evaluator, training_steps...).
         task_pruners: ``{name: kwargs}`` for tasks that ask for another pruner through
             ``task.params['pruner']`` (e.g. AutoCompress's ADMM step).
+        gradual: prune during the finetune instead of before it: a
+            :class:`~search.pruning.GradualSchedule` or its dict (``{'steps': finetune steps,
+            'updates': 8, 'end': 0.75}``); the masks reach the task's ratios after ``end`` of the
+            steps. Tasks that prune with a task pruner, or rewind weights, prune before the finetune.
     """
 
     def __init__(
@@ -108,6 +122,7 @@ class PruningScheduler(BasePruningScheduler):
         *,
         pruner_kwargs: Mapping[str, Any] | None = None,
         task_pruners: Mapping[str, Mapping[str, Any]] | None = None,
+        gradual: GradualSchedule | Mapping[str, Any] | None = None,
     ) -> None:
         if task_generator.origin_model is None:
             raise ValueError("the task generator needs origin_model for an in-process search")
@@ -124,6 +139,7 @@ class PruningScheduler(BasePruningScheduler):
         self.reset_weight = reset_weight
         self.pruner_kwargs = dict(pruner_kwargs or {})
         self.task_pruners = {k: dict(v) for k, v in (task_pruners or {}).items()}
+        self.gradual = GradualSchedule.from_dict(gradual) if gradual is not None else None
         self._origin_state = {k: v.detach().clone() for k, v in task_generator.origin_model.state_dict().items()}
         self._origin_cost = model_cost(task_generator.origin_model, dummy_input) if dummy_input is not None else None
         self._measure_latency = dummy_input is not None and task_generator.constraints.max_latency_ratio is not None
@@ -163,23 +179,39 @@ class PruningScheduler(BasePruningScheduler):
         model, masks = self._start_model(task)
         pruner_name = task.params.get("pruner")
         if pruner_name is not None:
-            pruner = make_pruner(pruner_name, model, task.config_list, **self.task_pruners.get(pruner_name, {}))
+            kind: str | type[Pruner] | Pruner = pruner_name
+            kwargs = dict(self.task_pruners.get(pruner_name, {}))
         else:
-            pruner = make_pruner(self.pruner, model, task.config_list, **self.pruner_kwargs)
+            kind, kwargs = self.pruner, dict(self.pruner_kwargs)
+        cls = get_pruner_class(kind) if isinstance(kind, str) else (type(kind) if isinstance(kind, Pruner) else kind)
+        if "dummy_input" not in kwargs and self.dummy_input is not None and _accepts(cls, "dummy_input"):
+            kwargs["dummy_input"] = self.dummy_input  # pruners that trace the model (group importance)
+        pruner = make_pruner(cls, model, task.config_list, **kwargs)
         if masks:
             pruner.load_masks(masks)
-        if task.config_list:
-            _, masks = pruner.compress()
-        masks = pruner.get_masks()
-        if self.reset_weight and task.parent_id is not None:
+        rewind = self.reset_weight and task.parent_id is not None and task.params.get("reset_weight", True)
+        # Gradual: the task's own pruner cuts during the finetune; a task pruner (ADMM) or a rewinding
+        # task (the lottery ranks trained weights before it rewinds them) prunes first, as usual.
+        gradual = (GradualPruning(pruner, self.gradual) if self.gradual is not None and task.config_list
+                   and pruner_name is None and not rewind and self.finetuner is not None else None)
+        if gradual is None and task.config_list:
+            pruner.compress()
+        if rewind:
             # lottery ticket: the trained weights were ranked; rewind them (masks stay), then train
             with torch.no_grad():
                 own = model.state_dict(keep_vars=True)
                 for key, value in self._origin_state.items():
                     if key in own:
                         own[key].copy_(value.to(own[key].device))
-        if self.finetuner is not None:
-            self.finetuner(model)
+        if gradual is not None:
+            gradual.start()
+        try:
+            if self.finetuner is not None:
+                self.finetuner(model)
+        finally:
+            if gradual is not None:
+                gradual.finish()
+        masks = pruner.get_masks()
         score = float(self.evaluator(model)) if self.evaluator is not None else None
         pruner.unwrap_model()
         with torch.no_grad():
