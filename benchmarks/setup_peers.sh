@@ -89,6 +89,10 @@ log "installing peers: $NNI_SPEC, tensorboard, $TP_SPEC"
 log "installing what bench_search.py needs: $RAY_SPEC, optuna, mlxtend"
 "${PIP[@]}" install "$TORCH_SPEC" "$RAY_SPEC" "optuna>=3.5" "mlxtend>=0.23" "scikit-learn>=1.3" "filelock<3.12"
 
+# bench_speedup exports the compact models and times them in ONNX Runtime
+log "installing onnx, onnxruntime, onnxscript (bench_speedup latency table)"
+"${PIP[@]}" install "$TORCH_SPEC" onnx onnxruntime onnxscript "filelock<3.12"
+
 # 3. patch NNI's concrete tracer (idempotent; fails loudly if the code is not what we expect) ------
 log "patching NNI concrete_tracer.py"
 "$VPY" - <<'PY'
