@@ -75,7 +75,9 @@ def live_run(runner_server: tuple[str, Any], browser_context: Any, ui_artifacts:
         def fast(spec: dict[str, Any]) -> None:
             spec["name"] = "ui-live-run"
             spec["algorithm"] = {"name": "agp", "total_iteration": 3}
-            spec["trial"].update(finetune_epochs=0, pretrain_epochs=0)
+            # a few finetune epochs per trial, so the search is still running when the page is ready
+            # (with 0 epochs a quiet machine finishes all 3 trials before the page has loaded)
+            spec["trial"].update(finetune_epochs=3, pretrain_epochs=0)
 
         page.wait_for_timeout(400)  # the name field writes itself into the spec (debounced)
         _fill_spec(page, fast)
