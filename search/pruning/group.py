@@ -82,17 +82,9 @@ def channel_parts(
         >>> [(p.module, p.target, p.axis) for p in parts['0']]
         [('0', 'weight', 0), ('1', 'weight', 0), ('2', 'weight', 1)]
     """
-    from search.speedup.analyze import Analyzer  # noqa: PLC0415 (speedup imports pruning)
-    from search.speedup.trace import trace_model  # noqa: PLC0415
+    from search.speedup.analyze import analyze_model  # noqa: PLC0415 (speedup imports pruning)
 
-    was_training = model.training
-    model.eval()
-    try:
-        traced = trace_model(model, dummy_input)
-        analyzer = Analyzer(traced, model)
-        analyzer.run()
-    finally:
-        model.train(was_training)
+    analyzer = analyze_model(model, dummy_input)
     _, labels = analyzer.g.components()
     modules = dict(model.named_modules())
     # component label -> (layer, channel) pairs it removes

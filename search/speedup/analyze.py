@@ -22,7 +22,7 @@ from torch.fx.node import map_aggregate
 from search.speedup.graph import ChannelGraph, Value
 from search.speedup.trace import TracedModel
 
-__all__ = ["Analyzer", "Fold", "PairMatrix", "Scratch", "nonzero_pairs", "slice_zero"]
+__all__ = ["Analyzer", "Fold", "PairMatrix", "Scratch", "analyze_model", "nonzero_pairs", "slice_zero"]
 
 logger = logging.getLogger(__name__)
 
@@ -396,3 +396,17 @@ def _has_tensor(structure: Any) -> bool:
     found = []
     map_aggregate(structure, lambda x: found.append(1) if isinstance(x, torch.Tensor) else None)
     return bool(found)
+
+
+def analyze_model(model: nn.Module, dummy_input: Any) -> Analyzer:
+    """Trace ``model`` in eval mode on ``dummy_input`` and build its channel graph (training mode restored)."""
+    from search.speedup.trace import trace_model  # noqa: PLC0415
+
+    was_training = model.training
+    model.eval()
+    try:
+        analyzer = Analyzer(trace_model(model, dummy_input), model)
+        analyzer.run()
+    finally:
+        model.train(was_training)
+    return analyzer

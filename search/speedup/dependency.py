@@ -16,8 +16,7 @@ from typing import Any
 from torch import nn
 
 from search.config import ConfigWarning, TargetSetting, canonicalize_config_list, channel_dims
-from search.speedup.analyze import Analyzer
-from search.speedup.trace import trace_model
+from search.speedup.analyze import analyze_model
 
 __all__ = ["auto_set_dependency_group_ids", "channel_groups"]
 
@@ -26,14 +25,7 @@ logger = logging.getLogger(__name__)
 
 def channel_groups(model: nn.Module, dummy_input: Any, module_names: Sequence[str]) -> list[list[str]]:
     """Groups (of two or more) of ``module_names`` whose output channels are coupled index by index."""
-    was_training = model.training
-    model.eval()
-    try:
-        traced = trace_model(model, dummy_input)
-        analyzer = Analyzer(traced, model)
-        analyzer.run()
-    finally:
-        model.train(was_training)
+    analyzer = analyze_model(model, dummy_input)
     _, labels = analyzer.g.components()
     signature: dict[tuple[int, ...], list[str]] = {}
     for name in module_names:
