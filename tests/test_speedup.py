@@ -683,3 +683,32 @@ def test_bug_report_lists_masked_modules_outside_the_trace() -> None:
     speedup.speedup_model()
     assert speedup.report is not None
     speedup.report.row("b")
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_fine_grained_mask_entries_are_applied_and_only_whole_channels_go(transposed: bool) -> None:
+    """A mask that is not channel-shaped (some single weights masked) is multiplied in as is; only its
+    all-zero output channels count as requested and go; the compact model equals the masked one."""
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(4, 6, 3, padding=1) if transposed else nn.Conv2d(4, 6, 3, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Conv2d(6, 3, 1)).eval()
+    out_dim, _ = channel_dims(conv)
+    mask = torch.ones_like(conv.weight)
+    mask.select(out_dim, 1).zero_()
+    mask.select(out_dim, 4).zero_()
+    mask.select(out_dim, 2).select(0 if out_dim == 1 else 1, 0).zero_()  # part of channel 2 only
+    masks = {"0": {"weight": mask, "bias": (mask.movedim(out_dim, 0).flatten(1).amax(1) > 0).float()}}
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference[0].weight.mul_(mask)
+        reference[0].bias.mul_(masks["0"]["bias"])
+    x = torch.randn(2, 4, 5, 5)
+    speedup = ModelSpeedup(model, x, {k: {t: v.clone() for t, v in d.items()} for k, d in masks.items()})
+    speedup.speedup_model()
+    row = speedup.report.row("0")
+    assert (row.channels, row.requested, row.removed) == (6, 2, 2)
+    assert model[0].weight.shape[out_dim] == 4 and model[2].in_channels == 4
+    torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
+    kept = model[0].weight.movedim(out_dim, 0)
+    # old channel 2 (now 1) keeps its masked entries at zero, its other entries as they were
+    assert bool((kept[1][0] == 0).all()) and bool((kept[1][1:] != 0).all())

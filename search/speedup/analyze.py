@@ -148,10 +148,10 @@ def nonzero_pairs(weight: torch.Tensor, scratch: Scratch | None = None) -> np.nd
 class Analyzer:
     """Builds the channel graph of a traced model whose parameters already carry their masks."""
 
-    def __init__(self, traced: TracedModel, model: nn.Module) -> None:
+    def __init__(self, traced: TracedModel, model: nn.Module, modules: dict[str, nn.Module] | None = None) -> None:
         self.traced = traced
         self.model = model
-        self.modules = dict(model.named_modules())
+        self.modules = modules if modules is not None else dict(model.named_modules())
         self.g = ChannelGraph()
         self.node_values: dict[str, Any] = {}
         self.params: dict[tuple[str, str], Value] = {}

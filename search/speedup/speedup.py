@@ -80,9 +80,10 @@ class ModelSpeedup:
         self.rtol = rtol
         self.report: SpeedupReport | None = None
         self.plan: SpeedupPlan | None = None
+        self._modules: dict[str, nn.Module] = {}
 
     def _check_masks(self) -> None:
-        modules = dict(self.model.named_modules())
+        modules = self._modules
         for name, targets in self.masks.items():
             if name not in modules:
                 raise SpeedupError(f"masks name module {name!r}, which is not in the model")
@@ -100,28 +101,52 @@ class ModelSpeedup:
                 if not isinstance(value, Tensor) or tuple(value.shape) != tuple(mask.shape):
                     raise SpeedupError(f"{name}.{target}: mask shape {tuple(mask.shape)} does not match the target")
 
-    def _apply_masks(self) -> None:
-        modules = dict(self.model.named_modules())
+    def _apply_masks(self) -> dict[str, np.ndarray]:
+        """Multiply every mask into its tensor; returns the masked output channels of each weight mask.
+
+        A mask whose slices along the output dim are each all zero or all one (what channel pruners
+        produce) is applied by zeroing the masked slices only, reading the mask once; any other mask
+        is multiplied in.
+        """
+        masked_rows: dict[str, np.ndarray] = {}
         with torch.no_grad():
             for name, targets in self.masks.items():
+                module = self._modules[name]
                 for target, mask in targets.items():
-                    if mask is not None:
-                        tensor = getattr(modules[name], target)
-                        tensor.mul_(mask.to(tensor.device, tensor.dtype))
+                    if mask is None:
+                        continue
+                    tensor = getattr(module, target)
+                    mask = mask.to(tensor.device)
+                    if target != "weight" or mask.dim() < 2:
+                        tensor.mul_(mask.to(tensor.dtype))
+                        continue
+                    out_dim, _ = channel_dims(module)
+                    out_dim = min(out_dim, mask.dim() - 1)
+                    rows = mask.detach().movedim(out_dim, 0).reshape(mask.shape[out_dim], -1)
+                    high, low = rows.amax(dim=1), rows.amin(dim=1)
+                    zero = (high == 0) & (low == 0)
+                    masked_rows[name] = zero.cpu().numpy()
+                    if bool(((zero | ((high == 1) & (low == 1))).all())):
+                        if bool(zero.any()):
+                            tensor.index_fill_(out_dim, zero.nonzero().flatten(), 0)
+                    else:
+                        tensor.mul_(mask.to(tensor.dtype))
+        return masked_rows
 
     def speedup_model(self) -> nn.Module:
         """Shrink the model in place and return it; the report is in :attr:`report`."""
         start = time.perf_counter()
+        self._modules = dict(self.model.named_modules())
         self._check_masks()
         model = self.model
         modes = {m: m.training for m in model.modules()}
         model.eval()
         try:
-            self._apply_masks()
+            masked_rows = self._apply_masks()
             params_before = count_params(model)
             traced = trace_model(model, self.dummy_input)
             reference = _flat_tensors(traced.output)
-            analyzer = Analyzer(traced, model)
+            analyzer = Analyzer(traced, model, self._modules)
             analyzer.run()
             removable, explain = self._decide(analyzer)
             changes, self.plan = apply_removal(analyzer.modules, analyzer.params, removable, analyzer.folds)
@@ -139,7 +164,7 @@ class ModelSpeedup:
                 rollback(changes)
                 raise SpeedupError("the compact model's outputs differ from the masked model's; model restored")
             self.report = SpeedupReport(
-                rows=self._rows(analyzer, removable, explain),
+                rows=self._rows(analyzer, removable, explain, masked_rows),
                 params_before=params_before,
                 params_after=count_params(model),
                 flops_before=traced.flops,
@@ -215,7 +240,7 @@ class ModelSpeedup:
         removable = ok[labels]
         return removable, (labels, comp_pinned, first_reason, reasons, is_value, dead)
 
-    def _rows(self, an: Analyzer, removable: np.ndarray, explain: Any) -> list[ModuleRow]:
+    def _rows(self, an: Analyzer, removable: np.ndarray, explain: Any, masked_rows: dict[str, np.ndarray]) -> list[ModuleRow]:
         labels, comp_pinned, first_reason, reasons, is_value, dead = explain
         comp_reason: dict[int, str] = {}
         pinned_ids = np.nonzero(first_reason >= 0)[0]
@@ -245,7 +270,10 @@ class ModelSpeedup:
             if mask is not None and pv is None and isinstance(module, nn.Module):
                 out_dim, _ = channel_dims(module)
                 channels = int(mask.shape[out_dim]) if mask.dim() > out_dim else int(mask.numel())
-                masked_n = int(slice_zero(mask, min(out_dim, mask.dim() - 1)).sum()) if mask.dim() else int(mask == 0)
+                if name in masked_rows:
+                    masked_n = int(masked_rows[name].sum())
+                else:
+                    masked_n = int(slice_zero(mask, min(out_dim, mask.dim() - 1)).sum()) if mask.dim() else int(mask == 0)
                 rows.append(ModuleRow(name, type(module).__name__, channels, masked_n, 0,
                                       {"not reached by the dummy input": masked_n} if masked_n else {}))
                 continue
@@ -254,7 +282,7 @@ class ModelSpeedup:
             out_dim, _ = channel_dims(module)
             if mask.dim() < 2 and not isinstance(module, nn.modules.batchnorm._NormBase):
                 continue
-            masked = slice_zero(mask, out_dim)
+            masked = masked_rows[name] if name in masked_rows else slice_zero(mask, out_dim)
             ids = pv.ids(out_dim)
             gone = removable[ids]
             kept_reasons: Counter[str] = Counter()
