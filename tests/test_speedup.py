@@ -696,7 +696,7 @@ def test_fine_grained_mask_entries_are_applied_and_only_whole_channels_go(transp
     mask = torch.ones_like(conv.weight)
     mask.select(out_dim, 1).zero_()
     mask.select(out_dim, 4).zero_()
-    mask.select(out_dim, 2).select(0 if out_dim == 1 else 1, 0).zero_()  # part of channel 2 only
+    mask.select(out_dim, 2).select(0, 0).zero_()  # channel 2: only its slice over input channel 0
     masks = {"0": {"weight": mask, "bias": (mask.movedim(out_dim, 0).flatten(1).amax(1) > 0).float()}}
     reference = copy.deepcopy(model)
     with torch.no_grad():
