@@ -201,3 +201,26 @@ def test_resume_refuses_a_changed_spec(tmp_path):
     run_search(_spec(total_iteration=1), LocalExecutor(), tmp_path, export_onnx=False)
     with pytest.raises(SearchError, match="spec changed"):
         run_search(_spec(total_iteration=2), LocalExecutor(), tmp_path, resume=True, export_onnx=False)
+
+
+class Recording(LocalExecutor):
+    """A LocalExecutor that keeps every TrialSpec it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.specs = []
+
+    def submit(self, spec):
+        self.specs.append(spec)
+        return super().submit(spec)
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("reset_weight", [True, False])
+def test_lottery_trials_rewind_only_when_the_spec_asks(tmp_path, reset_weight):
+    spec = _spec(name="lottery_ticket", total_iteration=2, reset_weight=reset_weight)
+    executor = Recording()
+    run_search(spec, executor, tmp_path / "out", export_onnx=False)
+    children = [s for s in executor.specs if s.task.get("parent_id") is not None]
+    assert children, "the second lottery iteration starts from the first"
+    assert [s.reset_weight for s in children] == [reset_weight] * len(children)

@@ -225,3 +225,10 @@ def test_a_bad_spec_is_a_spec_error_naming_its_path(mutate, path, words):
     assert info.value.path == path
     assert words in info.value.message
     assert str(info.value).startswith(f"{path}: ")
+
+
+def test_a_tracing_pruner_gets_the_models_dummy_input(tmp_path, pretrained):
+    result = run_trial(make_spec(tmp_path, Task(0, CONV), weights=str(Path(pretrained.artifact_dir) / WEIGHTS_FILE),
+                                 pruner="group_l1", finetune_epochs=0))
+    assert result.sparsity["conv1"] == 0.5 and result.sparsity["conv2"] == 0.5
+    assert "pruned with group_l1" in (tmp_path / "trial.log").read_text()

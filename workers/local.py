@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.executors import Executor, TrialHandle
-from workers.spec import ExperimentSpec, TrialSpec
+from workers.spec import ExperimentSpec, TrialSpec, rewinds
 from workers.trial import COMPACT_DIR, TrialResult
 
 __all__ = ["SearchError", "SearchOutcome", "run_search", "STATE_FILE"]
@@ -190,7 +190,7 @@ class _Search:
             parent_artifact=str(self.trial_dir(parent)) if parent is not None else None,
             settings=self.spec.trial, objective_metric=self.spec.objective.metric,
             num_threads=self.spec.resources.num_threads, task_pruners=self.task_pruners,
-            reset_weight=self.reset_weight and task.get("parent_id") is not None,
+            reset_weight=rewinds(self.reset_weight, task),
         )
 
     def submit(self, task: dict[str, Any]) -> None:

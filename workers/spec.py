@@ -51,6 +51,7 @@ __all__ = [
     "TrialSettings",
     "TrialSpec",
     "load_spec_file",
+    "rewinds",
 ]
 
 SPEC_VERSION = 1
@@ -491,6 +492,19 @@ class ExperimentSpec:
             SpecError: naming the path of the first problem.
         """
         _validate_experiment(self)
+
+
+def rewinds(algorithm_rewinds: bool, task: Mapping[str, Any]) -> bool:
+    """Does ``task`` (as JSON) start from the origin weights rather than its parent's trained ones?
+
+    Only for an algorithm that rewinds (lottery ticket) and a task with a parent, and not when the
+    task itself says ``params['reset_weight'] = False`` (the user turned rewinding off).
+
+        >>> rewinds(True, {"parent_id": 3, "params": {"reset_weight": False}}), rewinds(True, {"parent_id": 3})
+        (False, True)
+    """
+    params = task.get("params") or {}
+    return algorithm_rewinds and task.get("parent_id") is not None and bool(params.get("reset_weight", True))
 
 
 @dataclass(frozen=True)

@@ -336,7 +336,11 @@ def _prune(model: nn.Module, spec: TrialSpec, masks_in: dict[str, dict[str, torc
         import search.algorithms  # noqa: F401, PLC0415
 
         cls = get_pruner_class(name)
-    if "evaluator" in inspect.signature(cls.__init__).parameters and "evaluator" not in kwargs:
+    accepted = inspect.signature(cls.__init__).parameters
+    if "dummy_input" in accepted and "dummy_input" not in kwargs:  # pruners that trace (group importance)
+        kwargs["dummy_input"] = torch.utils._pytree.tree_map(
+            lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, dummy_input_for(spec.model))
+    if "evaluator" in accepted and "evaluator" not in kwargs:
         kwargs["evaluator"] = _evaluator(model, data, spec, device)
     _emit(progress, {"task_id": spec.task_id, "phase": "prune"})
     pruner = make_pruner(cls, model, spec.config_list, **kwargs)
