@@ -2,7 +2,7 @@
 // trial's details, all kept live by the experiment's event stream.
 
 import {api, auth, downloadWithToken} from "./api.js";
-import {drawParetoChart, drawScoreChart, drawSparsityChart, plotly, purge} from "./charts.js";
+import {ExperimentCharts} from "./charts.js";
 import {describeError, errorState, fill, fmt, h, loading, plannedTrials, stateBadge, TERMINAL, throttle, toast} from "./dom.js";
 import {openEventStream} from "./sse.js";
 import {TrialDetail} from "./trial_detail.js";
@@ -29,6 +29,7 @@ export function mountExperiment(container, {id, navigate}) {
   let points = null;
   let best = null;
   let stream = null;
+  let charts = null;
   const marks = {table: false, charts: false};
 
   const els = {
@@ -36,16 +37,20 @@ export function mountExperiment(container, {id, navigate}) {
     actions: h("div", {class: "exp-actions", role: "group", "aria-label": "Experiment actions"}),
     bestCard: h("section", {class: "card best-card", "aria-labelledby": "best-title"}),
     charts: {
-      score: h("div", {class: "chart", id: "chart-score", role: "img", "aria-label": "Score per trial with the best so far"}),
-      pareto: h("div", {class: "chart", id: "chart-pareto", role: "img", "aria-label": "Score versus FLOPs ratio with the Pareto front"}),
-      sparsity: h("div", {class: "chart", id: "chart-sparsity", role: "img", "aria-label": "Per-layer sparsity of the best trial"}),
+      score: h("div", {class: "chart", id: "chart-score"}),
+      pareto: h("div", {class: "chart", id: "chart-pareto"}),
+      sparsity: h("div", {class: "chart", id: "chart-sparsity"}),
     },
     chartNote: h("p", {class: "muted small chart-note", role: "status"}),
     live: h("span", {class: "live-dot", role: "status", "aria-live": "polite"}),
     activity: h("ol", {class: "activity", "aria-label": "Activity"}),
   };
-  const table = new TrialTable({experimentId, onSelect: (n) => detail.open(n)});
-  const detail = new TrialDetail({experimentId, onClose: () => { table.selected = null; table.render(); }, onOpenTrial: (n) => table.select(n)});
+  const table = new TrialTable({experimentId, onSelect: (n) => { detail.open(n); charts?.select(n); }});
+  const detail = new TrialDetail({experimentId, onOpenTrial: (n) => table.select(n), onClose: () => {
+    table.selected = null;
+    table.render();
+    charts?.select(null);
+  }});
 
   fill(container, h("section", {class: "page experiment-page", id: "experiment-page", dataset: {experimentId: String(experimentId)}},
     h("div", {id: "exp-body"}, loading("Loading the experiment…"))));
@@ -70,13 +75,15 @@ export function mountExperiment(container, {id, navigate}) {
     }
     if (!alive) return;
     document.title = `${exp.name} · prunesearch`;
+    const objective = exp.spec?.objective || {};
+    const metric = objective.metric || "score";
     fill(body,
       h("div", {class: "page-head"}, els.head, els.actions),
       h("div", {class: "exp-top"}, els.bestCard,
         h("section", {class: "card charts-card", "aria-label": "Charts", "aria-busy": "true"},
           h("div", {class: "charts"},
-            h("figure", {class: "chart-box"}, h("figcaption", {id: "cap-score"}, "Score per trial and best so far"), els.charts.score),
-            h("figure", {class: "chart-box"}, h("figcaption", {id: "cap-pareto"}, "Score vs FLOPs ratio, Pareto front"), els.charts.pareto),
+            h("figure", {class: "chart-box"}, h("figcaption", {id: "cap-score"}, `${metric} per trial, best so far`), els.charts.score),
+            h("figure", {class: "chart-box"}, h("figcaption", {id: "cap-pareto"}, `${metric} vs FLOPs ratio, Pareto front`), els.charts.pareto),
             h("figure", {class: "chart-box"}, h("figcaption", {id: "cap-sparsity"}, "Per-layer sparsity of the best trial"), els.charts.sparsity)),
           els.chartNote)),
       h("div", {class: "exp-main"},
@@ -87,6 +94,7 @@ export function mountExperiment(container, {id, navigate}) {
       h("section", {class: "card activity-card", "aria-labelledby": "activity-title"},
         h("h2", {id: "activity-title"}, "Activity"), els.activity));
     els.chartNote.textContent = "Loading the charts…";
+    charts = new ExperimentCharts(els.charts, {metric, mode: objective.best_result_mode || "maximize", onPick: (n) => table.select(n)});
     renderHead();
     renderBest();
     const tableResult = await tableReady;
@@ -95,7 +103,6 @@ export function mountExperiment(container, {id, navigate}) {
     if (tableResult instanceof Error) toast(`Could not load the trials: ${describeError(tableResult)}`, "error");
     mark("ps:table");
     marks.table = true;
-    plotly().catch(() => {}); // compile plotly.js while the snapshot is still on its way
     const bestResult = await bestReady;
     if (bestResult instanceof Error) toast(`Could not load the best trial: ${describeError(bestResult)}`, "error");
     let snap;
@@ -197,30 +204,15 @@ export function mountExperiment(container, {id, navigate}) {
   }
 
   async function drawCharts() {
-    const mode = exp.spec?.objective?.best_result_mode || "maximize";
-    const metric = exp.spec?.objective?.metric || "score";
-    const caption = (id, text) => { const el = container.querySelector(`#${id}`); if (el) el.textContent = text; };
-    caption("cap-score", `${metric} per trial, best so far`);
-    caption("cap-pareto", `${metric} vs FLOPs ratio, Pareto front`);
-    caption("cap-sparsity", best?.trial ? `Per-layer sparsity of the best trial (#${best.trial.number})` : "Per-layer sparsity of the best trial");
-    try {
-      const first = !marks.charts;
-      if (first) { await plotly(); mark("ps:plotly"); }
-      const n = await drawScoreChart(els.charts.score, points, {mode, metric, best: exp.best_trial_number});
-      if (first) mark("ps:chart-score");
-      await drawParetoChart(els.charts.pareto, points, {mode, metric, onPick: (num) => table.select(num)});
-      if (first) mark("ps:chart-pareto");
-      await drawSparsityChart(els.charts.sparsity, best?.trial || null);
-      const drawn = Number(els.charts.score.dataset.drawn || n);
-      els.chartNote.textContent = !n ? "The charts fill in as trials finish."
-        : drawn < n ? `${n.toLocaleString()} trials: markers that would overlap are drawn once; zoom in to see each trial.` : "";
-    } catch (err) {
-      els.chartNote.textContent = `Charts unavailable: ${err.message}`;
-    }
+    container.querySelector("#cap-sparsity").textContent = best?.trial
+      ? `Per-layer sparsity of the best trial (#${best.trial.number})` : "Per-layer sparsity of the best trial";
+    const n = await charts.draw(points, {best: exp.best_trial_number, bestTrial: best?.trial || null});
+    if (!alive) return;
+    els.chartNote.textContent = n ? "Drag across a chart to zoom in, double-click to zoom out; click a point to open its trial."
+      : "The charts fill in as trials finish.";
     if (!marks.charts) {
       marks.charts = true;
       mark("ps:charts");
-      mark("ps:interactive");
       container.querySelector("#experiment-page").dataset.ready = "1";
     }
   }
@@ -232,12 +224,15 @@ export function mountExperiment(container, {id, navigate}) {
       if (alive) renderHead();
     } catch { /* the stream says if it is gone */ }
   }, 1500);
-  const refreshBest = throttle(async () => {
-    try {
-      await loadBest();
-      if (alive) { renderBest(); redrawCharts(); }
-    } catch { /* keep the last one */ }
-  }, 1500);
+  /** Re-read the best trial: its card is redrawn, and the charts too when the best trial changed. */
+  async function reloadBest() {
+    const before = best?.trial?.number;
+    await loadBest();
+    if (!alive) return;
+    renderBest();
+    if (best?.trial?.number !== before) redrawCharts();
+  }
+  const refreshBest = throttle(() => reloadBest().catch(() => { /* keep the last one */ }), 1500);
 
   function setPoint(number, state, score, flops) {
     let i = points.number.indexOf(number);
@@ -335,8 +330,7 @@ export function mountExperiment(container, {id, navigate}) {
     if (data && data.state) exp.state = data.state;
     liveStatus("ended");
     refreshExperiment();
-    await loadBest().catch(() => null);
-    if (alive) { renderBest(); redrawCharts(); }
+    await reloadBest().catch(() => null);
   }
 
   async function act(what) {
@@ -371,6 +365,6 @@ export function mountExperiment(container, {id, navigate}) {
     alive = false;
     stream && stream.close();
     table.destroy();
-    for (const el of Object.values(els.charts)) purge(el);
+    charts?.destroy();
   };
 }

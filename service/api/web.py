@@ -6,9 +6,6 @@ Routes (none under ``/api/v1``; the UI talks to the REST API like any other clie
   single-page app routes in the browser), ``Cache-Control: no-cache``;
 * ``GET /static/{path}``: a file of ``web/`` (ETag / Last-Modified revalidation, no path tricks:
   Starlette's ``StaticFiles`` resolves it);
-* ``GET /static/vendor/plotly-<version>.min.js``: the ``plotly.min.js`` bundled in the installed
-  ``plotly`` Python package (nothing is downloaded at run time), gzip-compressed once, cached by
-  the browser for a year (the version is in the URL);
 * ``GET /ui/experiments/{id}/snapshot``: what the experiment page needs before it listens to the
   event stream, in one round trip: the experiment, the id of its last event (the stream resumes
   after it) and every trial's ``number``/``state``/``score``/``flops_ratio`` as columns (10,000
@@ -25,7 +22,7 @@ Example:
     >>> from fastapi import FastAPI
     >>> from fastapi.testclient import TestClient
     >>> d = Path(tempfile.mkdtemp())
-    >>> _ = (d / "index.html").write_text("<script src='{{PLOTLY_SRC}}'></script>")
+    >>> _ = (d / "index.html").write_text("<script type='module' src='/static/app.js'></script>")
     >>> app = FastAPI()
     >>> app.include_router(build_router(d))
     >>> client = TestClient(app)
@@ -38,23 +35,17 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import gzip
-import hashlib
-import importlib.util
 import json
-import logging
 import math
 import os
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.staticfiles import StaticFiles
 
@@ -62,15 +53,11 @@ from service.api.deps import ExperimentDep, SessionDep, authorize
 from service.models import Event, Trial
 from service.schemas import ExperimentPublic
 
-__all__ = ["PLOTLY_JS_ENV", "WEB_DIR_ENV", "build_router", "default_web_dir", "plotly_bundle", "router", "yaml_with_lines"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["WEB_DIR_ENV", "build_router", "default_web_dir", "router", "yaml_with_lines"]
 
 WEB_DIR_ENV = "PRUNESEARCH_WEB_DIR"
-PLOTLY_JS_ENV = "PRUNESEARCH_PLOTLY_JS"
 #: The largest YAML text ``/ui/spec/parse`` accepts (a spec is a few KB).
 MAX_SPEC_TEXT = 256 * 1024
-_IMMUTABLE = "public, max-age=31536000, immutable"
 _REVALIDATE = "no-cache"
 
 
@@ -83,44 +70,6 @@ def default_web_dir() -> Path:
     source = Path(__file__).resolve().parents[2] / "web"
     installed = Path(sys.prefix) / "share" / "prunesearch" / "web"
     return installed if not (source / "index.html").is_file() and (installed / "index.html").is_file() else source
-
-
-@functools.lru_cache(maxsize=1)
-def plotly_bundle() -> tuple[str, Path] | None:
-    """``(version, path)`` of the plotly.js bundle to serve; ``None`` if there is none.
-
-    ``$PRUNESEARCH_PLOTLY_JS`` (a file, e.g. a partial bundle such as ``plotly-basic.min.js``, whose
-    version is then the first 12 hex digits of its sha256), else the installed ``plotly`` package's
-    ``package_data/plotly.min.js`` (found without importing plotly).
-    """
-    override = os.environ.get(PLOTLY_JS_ENV, "").strip()
-    if override:
-        path = Path(override)
-        if not path.is_file():
-            logger.warning("%s=%s is not a file; the charts are off", PLOTLY_JS_ENV, override)
-            return None
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:12], path
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "package_data" / "plotly.min.js"
-        if path.is_file():
-            try:
-                version = metadata.version("plotly")
-            except metadata.PackageNotFoundError:  # pragma: no cover - a vendored copy without metadata
-                version = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-            return version, path
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def _plotly_gzip() -> tuple[bytes, str]:
-    """The gzip-compressed bundle (4.8 MB → ~1.5 MB) and its ETag, computed once per process."""
-    bundle = plotly_bundle()
-    assert bundle is not None  # the route only exists when the bundle does
-    raw = bundle[1].read_bytes()
-    return gzip.compress(raw, compresslevel=6, mtime=0), '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
 
 
 # -- YAML with line numbers --------------------------------------------------------------------------------
@@ -238,13 +187,10 @@ def _finite(value: float | None) -> float | None:
 def _index_html(web_dir: Path) -> str:
     index = web_dir / "index.html"
     try:
-        html = index.read_text(encoding="utf-8")
+        return index.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"the web UI is not installed here ({index} is missing; "
                             f"set {WEB_DIR_ENV})") from None
-    bundle = plotly_bundle()
-    src = f"/static/vendor/plotly-{bundle[0]}.min.js" if bundle is not None else ""
-    return html.replace("{{PLOTLY_SRC}}", src)
 
 
 def build_router(web_dir: Path | None = None) -> APIRouter:
@@ -262,20 +208,6 @@ def build_router(web_dir: Path | None = None) -> APIRouter:
     @router.get("/experiments/{experiment_id:int}", response_class=HTMLResponse)
     def experiment_page(experiment_id: int) -> HTMLResponse:
         return index()
-
-    @router.get("/static/vendor/{name}")
-    def vendor(name: str, request: Request) -> Response:
-        bundle = plotly_bundle()
-        if bundle is None or name != f"plotly-{bundle[0]}.min.js":
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no vendored file {name!r}")
-        headers = {"Cache-Control": _IMMUTABLE, "Vary": "Accept-Encoding"}
-        if "gzip" not in request.headers.get("accept-encoding", "").lower():
-            return FileResponse(bundle[1], media_type="text/javascript", headers=headers)
-        body, etag = _plotly_gzip()
-        headers["ETag"] = etag
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-        return Response(body, media_type="text/javascript", headers={**headers, "Content-Encoding": "gzip"})
 
     @router.api_route("/static/{path:path}", methods=["GET", "HEAD"])
     async def static_file(path: str, request: Request) -> Response:

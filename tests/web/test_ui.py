@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from service import store
-from service.api import web
 from service.db import session_scope
 from service.states import ExperimentState, TrialState
 from tests.web.conftest import ui_server
@@ -44,6 +43,7 @@ class LiveRun:
     rows_at_end: int
     live_status_seen: bool
     same_document: bool
+    chart_points_at_end: int
     export_sizes: dict[str, int] = field(default_factory=dict)
 
 
@@ -95,6 +95,8 @@ def live_run(runner_server: tuple[str, Any], browser_context: Any, ui_artifacts:
         except Exception:
             live_seen = False
         page.wait_for_function(f"document.querySelectorAll({SUCCEEDED_ROWS!r}).length >= 3", timeout=120_000)
+        # the charts follow the stream too (redrawn at most once a second)
+        page.wait_for_selector("#chart-score[data-points='3']", timeout=10_000)
         page.screenshot(path=ui_artifacts / "experiment-live.png", full_page=True)
         page.wait_for_selector(".exp-meta .badge[data-state=succeeded]", timeout=60_000)
         page.wait_for_selector("#downloads a.download[data-format=pt2]", timeout=30_000)
@@ -103,6 +105,7 @@ def live_run(runner_server: tuple[str, Any], browser_context: Any, ui_artifacts:
             url=url, experiment_id=experiment_id, name="ui-live-run", state_at_ready=state_at_ready,
             rows_at_ready=rows_at_ready, rows_at_end=page.locator(SUCCEEDED_ROWS).count(),
             live_status_seen=live_seen, same_document=page.evaluate("window.__sameDocument === true"),
+            chart_points_at_end=int(page.get_attribute("#chart-score", "data-points") or 0),
         )
     finally:
         page.close()
@@ -131,19 +134,26 @@ def test_trials_appear_live_over_sse(live_run: LiveRun) -> None:
     assert live_run.same_document, "the page was reloaded; the rows must arrive through the event stream"
 
 
-def test_charts_render_trial_points(live_run: LiveRun, new_page: Any, ui_artifacts: Path) -> None:
-    if web.plotly_bundle() is None:
-        pytest.skip("the 'plotly' package is not installed (pip install plotly); the charts need its plotly.min.js")
+def test_charts_draw_every_finished_trial(live_run: LiveRun, new_page: Any, ui_artifacts: Path) -> None:
+    assert live_run.chart_points_at_end == 3  # drawn live, from the event stream
     page = new_page()
     page.goto(f"{live_run.url}/experiments/{live_run.experiment_id}")
     page.wait_for_selector("#experiment-page[data-ready]")
-    assert page.locator("#chart-score .main-svg").count() > 0  # plotly drew SVG
-    assert page.locator("#chart-score .scatterlayer .trace").first.locator(".point").count() == 3
-    assert page.locator("#chart-pareto .scatterlayer .trace").first.locator(".point").count() == 3
+    assert page.get_attribute("#chart-score", "data-points") == "3"
+    assert page.get_attribute("#chart-pareto", "data-points") == "3"
     assert int(page.get_attribute("#chart-pareto", "data-front") or 0) >= 1
-    layers = page.locator("#chart-sparsity .barlayer .point").count()
-    assert layers >= 3  # the digits CNN has three convolutions (and their BNs)
-    page.locator("#chart-score").screenshot(path=ui_artifacts / "chart-score.png")
+    assert int(page.get_attribute("#chart-sparsity", "data-points") or 0) >= 3  # the digits CNN's convolutions
+    assert "3 finished trials" in (page.get_attribute("#chart-score .chart-plot", "aria-label") or "")
+    painted = page.eval_on_selector("#chart-pareto canvas", "c => c.getContext('2d').getImageData(0, 0, c.width, c.height)"
+                                    ".data.filter((v, i) => i % 4 === 3 && v > 0).length")
+    assert painted > 1000  # axes, labels and markers are on the canvas
+    page.locator(".charts-card").screenshot(path=ui_artifacts / "charts.png")
+
+
+def _chart_point(page: Any, chart: str, number: int) -> dict[str, float] | None:
+    """Where trial ``number`` is drawn in ``chart`` (page coordinates), or None when it is not in view."""
+    return page.evaluate("async ([sel, n]) => (await import('/static/chart.js')).Chart.of(document.querySelector(sel)).position(n)",
+                         [chart, number])
 
 
 def test_download_best_model_as_pt2(live_run: LiveRun, new_page: Any, tmp_path: Path) -> None:
@@ -358,3 +368,105 @@ def test_token_is_asked_for_on_401_and_the_call_retried(static_server: StaticExp
     assert page.inner_text("#token-state") == "token saved"
     with session_scope(static_server.app.state.session_factory) as s:
         assert store.get_experiment(s, static_server.experiment_id).state is ExperimentState.CANCELLING
+
+
+def test_chart_point_hover_names_the_trial_and_click_opens_it(static_server: StaticExperiment, new_page: Any,
+                                                               ui_artifacts: Path) -> None:
+    page = new_page()
+    page.goto(f"{static_server.url}/experiments/{static_server.experiment_id}")
+    page.wait_for_selector("#experiment-page[data-ready]")
+    best = static_server.best_number
+    point = _chart_point(page, "#chart-pareto", best)
+    assert point is not None
+    page.mouse.move(point["x"], point["y"])
+    tip = page.locator("#chart-pareto .chart-tip")
+    tip.wait_for()
+    assert f"trial {best}" in tip.inner_text()
+    page.locator(".charts-card").screenshot(path=ui_artifacts / "chart-hover.png")
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_function("n => document.querySelector('#trial-detail-title').textContent === `Trial #${n}`", arg=best)
+
+
+def test_dragging_zooms_a_chart_and_reset_or_double_click_zooms_out(static_server: StaticExperiment,
+                                                                     new_page: Any) -> None:
+    page = new_page()
+    page.goto(f"{static_server.url}/experiments/{static_server.experiment_id}")
+    page.wait_for_selector("#experiment-page[data-ready]")
+    reset = page.locator("#chart-score .chart-reset")
+    box = page.locator("#chart-score .chart-plot").bounding_box()
+    assert box is not None
+
+    def zoom_into_the_middle() -> None:
+        page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.7, steps=5)
+        page.mouse.up()
+        reset.wait_for(state="visible")
+        assert _chart_point(page, "#chart-score", 0) is None  # trial 0 is at the left edge: out of view
+
+    zoom_into_the_middle()
+    reset.click()
+    reset.wait_for(state="hidden")
+    assert _chart_point(page, "#chart-score", 0) is not None
+    zoom_into_the_middle()
+    page.mouse.dblclick(box["x"] + box["width"] * 0.5, box["y"] + 4)
+    reset.wait_for(state="hidden")
+    assert _chart_point(page, "#chart-score", 0) is not None
+
+
+def test_keyboard_walks_a_chart_and_enter_opens_the_trial(static_server: StaticExperiment, new_page: Any) -> None:
+    page = new_page()
+    page.goto(f"{static_server.url}/experiments/{static_server.experiment_id}")
+    page.wait_for_selector("#experiment-page[data-ready]")
+    page.focus("#chart-score .chart-plot")
+    announced = page.locator("#chart-score [aria-live]")
+    page.keyboard.press("Home")
+    assert announced.inner_text().startswith("trial 0, accuracy ")
+    page.keyboard.press("ArrowRight")
+    assert announced.inner_text().startswith("trial 1, accuracy ")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#trial-detail-title').textContent === 'Trial #1'")
+
+
+def test_legend_hides_and_shows_a_series(static_server: StaticExperiment, new_page: Any) -> None:
+    page = new_page()
+    page.goto(f"{static_server.url}/experiments/{static_server.experiment_id}")
+    page.wait_for_selector("#experiment-page[data-ready]")
+    key = page.locator("#chart-pareto .chart-key", has_text="trials")
+    assert _chart_point(page, "#chart-pareto", 0) is not None  # trial 0 (score 0) is not on the Pareto front
+    key.click()
+    assert key.get_attribute("aria-pressed") == "false"
+    assert _chart_point(page, "#chart-pareto", 0) is None
+    key.click()
+    assert key.get_attribute("aria-pressed") == "true"
+    assert _chart_point(page, "#chart-pareto", 0) is not None
+
+
+def test_chart_ticks_and_pareto_front_are_computed_right(static_server: StaticExperiment, new_page: Any) -> None:
+    page = new_page()
+    page.goto(f"{static_server.url}/")
+    got = page.evaluate("""async () => {
+      const p = await import('/static/chart_paint.js');
+      const c = await import('/static/charts.js');
+      return {
+        unit: p.niceTicks(0, 1, 5).values,
+        trials: p.niceTicks(-400, 10400, 3, true).values,
+        flops: p.niceTicks(0.0166, 0.919, 3).values,
+        narrow: p.niceTicks(0.5, 0.9, 1).values,
+        ints: p.niceTicks(0, 3, 10, true).values,
+        labels: [p.tickLabel(0.25, 0.05, 'pct'), p.tickLabel(10000, 5000, 'int'), p.tickLabel(0.3, 0.1),
+                 p.tickLabel(0.0025, 0.0005, 'pct')],
+        front: c.paretoFront([0.5, 0.2, 0.9, 0.2, 0.4], [0.8, 0.6, 0.95, 0.7, 0.7], 'maximize'),
+        frontMin: c.paretoFront([0.5, 0.2, 0.9, null], [0.1, 0.3, 0.05, 0.0], 'minimize'),
+        best: c.bestSoFar([3, 1, 2, 0], 'minimize'),
+      };
+    }""")
+    assert got["unit"] == [0, 0.2, 0.4, 0.6, 0.8, 1]
+    assert got["trials"] == [0, 5000, 10000]
+    assert got["flops"] == [0.2, 0.4, 0.6, 0.8]
+    assert got["narrow"] == [0.6, 0.8]  # one tick would not show the scale: the step shrinks to give two
+    assert got["ints"] == [0, 1, 2, 3]  # trial numbers: no fractional ticks
+    assert got["labels"] == ["25%", "10,000", "0.3", "0.25%"]
+    assert got["front"] == [3, 0, 2]  # cheapest first; a trial no better than a cheaper one is dominated
+    assert got["frontMin"] == [1, 0, 2]  # minimize: lower is better; no FLOPs ratio, no place on the front
+    assert got["best"] == [3, 1, 1, 0]

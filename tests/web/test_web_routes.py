@@ -1,9 +1,9 @@
 """The UI's server side (``service.api.web``) over HTTP, without a browser: pages, static files,
-the vendored plotly bundle, the experiment snapshot and the YAML parser."""
+the experiment snapshot and the YAML parser."""
 
 from __future__ import annotations
 
-import gzip
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,16 +33,18 @@ def client(app: Any) -> Iterator[TestClient]:
 
 
 @pytest.mark.parametrize("path", ["/", "/experiments", "/experiments/new", "/experiments/42"])
-def test_spa_routes_serve_index_html_with_the_plotly_url(client: TestClient, path: str) -> None:
+def test_spa_routes_serve_index_html(client: TestClient, path: str) -> None:
     r = client.get(path)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
     assert r.headers["cache-control"] == "no-cache"
     assert '<script type="module" src="/static/app.js">' in r.text
-    bundle = web.plotly_bundle()
-    if bundle is not None:
-        assert f'"/static/vendor/plotly-{bundle[0]}.min.js"' in r.text
-    assert "{{PLOTLY_SRC}}" not in r.text
+
+
+def test_index_preloads_every_module(client: TestClient) -> None:
+    # the modules import each other: without a preload each import level is one more round trip
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="/static/([\w.]+)">', client.get("/").text))
+    assert preloaded == {path.name for path in web.default_web_dir().glob("*.js")}
 
 
 def test_unknown_pages_are_404(client: TestClient) -> None:
@@ -62,24 +64,6 @@ def test_static_files_revalidate_with_etag(client: TestClient) -> None:
 @pytest.mark.parametrize("path", ["/static/../service/app.py", "/static/%2e%2e/service/app.py", "/static/nope.js"])
 def test_static_files_cannot_leave_the_web_directory(client: TestClient, path: str) -> None:
     assert client.get(path).status_code == 404
-
-
-def test_plotly_bundle_is_served_gzipped_and_cached_for_a_year(client: TestClient) -> None:
-    bundle = web.plotly_bundle()
-    if bundle is None:
-        pytest.skip("the 'plotly' package is not installed (pip install plotly); the charts need its bundle")
-    version, path = bundle
-    url = f"/static/vendor/plotly-{version}.min.js"
-    r = client.get(url, headers={"Accept-Encoding": "gzip"})
-    assert r.status_code == 200
-    assert r.headers["content-encoding"] == "gzip"
-    assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
-    assert r.content == path.read_bytes()  # httpx decodes the gzip body
-    assert int(r.headers["content-length"]) < path.stat().st_size / 2
-    assert client.get(url, headers={"If-None-Match": r.headers["etag"], "Accept-Encoding": "gzip"}).status_code == 304
-    plain = client.get(url, headers={"Accept-Encoding": "identity"})
-    assert "content-encoding" not in plain.headers and len(plain.content) == path.stat().st_size
-    assert client.get("/static/vendor/plotly-0.0.0.min.js").status_code == 404
 
 
 def _experiment_with_trials(app: Any) -> int:
@@ -157,24 +141,3 @@ def test_parse_yaml_limits_the_text_size(client: TestClient) -> None:
     r = client.post("/ui/spec/parse", json={"text": "a: 1\n" * (web.MAX_SPEC_TEXT // 4)})
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["body", "text"]
-
-
-def test_plotly_index_placeholder_is_empty_without_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # a fault the real install cannot show: plotly missing. The page must still load (charts say why).
-    (tmp_path / "index.html").write_text('<script>var src = "{{PLOTLY_SRC}}";</script>')
-    monkeypatch.setattr(web, "plotly_bundle", lambda: None)
-    from fastapi import FastAPI
-
-    app = FastAPI()
-    app.include_router(web.build_router(tmp_path))
-    with TestClient(app) as client:
-        assert client.get("/").text == '<script>var src = "";</script>'
-        assert client.get("/static/vendor/plotly-7.1.0.min.js").status_code == 404
-
-
-def test_gzip_bundle_is_real_gzip() -> None:
-    if web.plotly_bundle() is None:
-        pytest.skip("the 'plotly' package is not installed (pip install plotly)")
-    body, etag = web._plotly_gzip()
-    assert gzip.decompress(body)[:3] == b"/**"
-    assert etag.startswith('"') and etag.endswith('"')
