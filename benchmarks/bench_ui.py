@@ -4,7 +4,7 @@ Run from the repo root (needs Debian's ``chromium``; no peers)::
 
     python benchmarks/bench_ui.py                 # 5 runs, print a markdown block for BENCHMARKS.md
     python benchmarks/bench_ui.py --runs 9 --trials 20000
-    python benchmarks/bench_ui.py --write         # also replace the "ui" section of BENCHMARKS.md
+    python benchmarks/bench_ui.py --write         # also replace the "bench_ui" section of BENCHMARKS.md
 
 Method:
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--write", action="store_true", help="replace the 'ui' section of BENCHMARKS.md")
+    parser.add_argument("--write", action="store_true", help="replace the 'bench_ui' section of BENCHMARKS.md")
     parser.add_argument("--quiet-window", type=float, default=2.0, metavar="S",
                         help="interactive = the end of the last long task before S seconds without one (default 2)")
     parser.add_argument("--quiet", type=float, default=None, metavar="LOAD",
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     goal = statistics.median(r["interactive"] for r in cold)
     m = machine_info()
     body = "\n".join([
-        f"### Web UI: experiment page with {args.trials:,} trials",
+        f"## Web UI: experiment page with {args.trials:,} trials (`benchmarks/bench_ui.py`)",
         "",
         md_table(["navigation", "table usable (`ps:table`)", "3 charts drawn (`ps:charts`)",
                   "interactive (end of the last long task)", "blocking after the table (> 50 ms each)",
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(body)
     if args.write:
-        print(f"wrote {write_section('ui', body)}", file=sys.stderr)
+        print(f"wrote {write_section('bench_ui', body)}", file=sys.stderr)
     return 0
 
 
