@@ -112,6 +112,27 @@ def test_several_inputs_and_outputs(as_dict: bool, tmp_path: Path) -> None:
     _assert_close(_call(model, dummy), _call(program.module(), dummy))
 
 
+class DictArgument(nn.Module):
+    """One positional argument that is a dict of tensors (``forward(self, batch)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = TwoInputs()
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.inner(batch["image"], batch["features"])
+
+
+def test_a_dict_as_the_last_positional_input(tmp_path: Path) -> None:
+    """torch.onnx.export alone would read the dict as keyword inputs and miss ``batch``."""
+    model, (image, features) = _two_inputs()
+    wrapped = DictArgument().eval()
+    wrapped.inner.load_state_dict(model.state_dict())
+    dummy = ({"image": image, "features": features},)
+    path = export_onnx(wrapped, dummy, tmp_path / "dict.onnx", fallback=False)
+    assert check_onnx(path, wrapped, dummy) < 1e-5
+
+
 def test_exports_run_in_eval_mode_and_restore_the_mode(tmp_path: Path) -> None:
     model, inputs = _two_inputs()
     train_out = _call(copy.deepcopy(model).train(), inputs)  # (a training pass updates BN statistics)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.utils.prune as torch_prune
 from torch import Tensor, nn
 
 from search.config import channel_dims
@@ -118,6 +119,10 @@ CASES: dict[str, Case] = {
         Case("group_norm", PATTERNS["group_norm"], explains={"conv1": "GroupNorm"}),
         Case("untraceable", PATTERNS["untraceable"], explains={"wide": "control flow"}),
         Case("unknown_op", PATTERNS["unknown_op"], explains={"conv2": "roll"}),
+        Case("pixel_shuffle", PATTERNS["pixel_shuffle"]),
+        Case("fpn", PATTERNS["fpn"], residual=True),
+        Case("text_cnn", PATTERNS["text_cnn"]),
+        Case("recurrent", PATTERNS["recurrent"], op_types=("Linear",)),
     ]
 }
 
@@ -712,3 +717,113 @@ def test_fine_grained_mask_entries_are_applied_and_only_whole_channels_go(transp
     kept = model[0].weight.movedim(out_dim, 0)
     # old channel 2 (now 1) keeps its masked entries at zero, its other entries as they were
     assert bool((kept[1][0] == 0).all()) and bool((kept[1][1:] != 0).all())
+
+
+# -- architectures beyond the zoo -------------------------------------------------------------------------------
+
+
+def test_reading_spatial_sizes_leaves_channels_free() -> None:
+    """``interpolate(size=c1.shape[-2:])`` reads c1's height and width, not its channels."""
+    report = cached_compress("fpn", 0.5).speedup.report
+    assert report is not None
+    row = report.row("c1")
+    assert row.removed == row.requested > 0 and not row.kept, row
+
+
+def test_lstm_input_features_shrink() -> None:
+    c = cached_compress("recurrent", 0.5)
+    report = c.speedup.report
+    assert report is not None and not report.unsupported
+    assert report.row("inp").removed == report.row("inp").requested == 8
+    assert c.model.rnn.input_size == c.model.inp.out_features == 8
+    assert report.row("fc").removed == 6  # the LSTM's output is not pinned for the layers after it
+
+
+def test_pixel_shuffle_removes_whole_runs_of_channels() -> None:
+    """``pixel_shuffle(2)``: output channel k is made of input channels 4k..4k+3."""
+    model, x = PATTERNS["pixel_shuffle"]()
+    keep = [i for i in range(16) if i not in (4, 5, 6, 7, 9)]  # the run 4-7 and one channel of the run 8-11
+    masks = {"up": {"weight": _channel_mask(model.up.weight, keep), "bias": _channel_mask(model.up.bias, keep)}}
+    speedup = _assert_speedup_exact(model, x, masks)
+    assert model.up.out_channels == 12 and model.head.in_channels == 3
+    assert speedup.report is not None and speedup.report.row("up").removed == 4
+
+
+def test_inputs_in_a_tuple_or_a_dict() -> None:
+    """A forward taking a tuple or a dict of tensors: the inputs are pinned, the rest shrinks."""
+
+    class Structured(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(4, 8), nn.Linear(16, 3)
+
+        def forward(self, pair: tuple[Tensor, Tensor], extra: dict[str, Tensor]) -> Tensor:
+            image, _ = pair
+            a = torch.relu(self.conv(image)).mean((2, 3))
+            return self.head(torch.cat([a, torch.relu(self.fc(extra["features"]))], dim=1))
+
+    torch.manual_seed(0)
+    model = Structured().eval()
+    x = ((torch.randn(2, 3, 8, 8), torch.randn(2, 1)), {"features": torch.randn(2, 4)})
+    masks = {"conv": {"weight": _channel_mask(model.conv.weight, [0, 1, 2, 3])},
+             "fc": {"weight": _channel_mask(model.fc.weight, [0, 1]), "bias": _channel_mask(model.fc.bias, [0, 1])}}
+    speedup = _assert_speedup_exact(model, x, masks)
+    assert speedup.report is not None and speedup.report.unsupported == []
+    assert model.conv.out_channels == 4 and model.fc.out_features == 2 and model.head.in_features == 6
+
+
+def test_parametrized_and_pre_hooked_modules_are_left_alone() -> None:
+    """weight_norm computes the weight on every call (its temporaries once aliased other weights)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 8, 3, padding=1)), nn.ReLU(),
+        nn.utils.parametrizations.weight_norm(nn.Conv1d(8, 8, 3, padding=1)), nn.ReLU(),
+        nn.Conv1d(8, 8, 1), nn.ReLU(), nn.Conv1d(8, 8, 1), nn.ReLU(), nn.Conv1d(8, 2, 1),
+    ).eval()
+    with torch.no_grad():  # (a leaf weight, so the model can be deep-copied)
+        torch_prune.identity(model[8], "weight")  # torch's own pruning: a forward pre-hook
+    masks = {"4": {"weight": _channel_mask(model[4].weight, [0, 1, 2, 3])}}
+    speedup = _assert_speedup_exact(model, torch.randn(2, 4, 10), masks)
+    assert speedup.report is not None
+    assert model[4].out_channels == 4 and model[6].in_channels == 4 and model[8].in_channels == 8
+    assert any("parametrized" in u for u in speedup.report.unsupported)
+    assert any("pre-hook" in u for u in speedup.report.unsupported)
+    with pytest.raises(SpeedupError, match="parametrization"):
+        ModelSpeedup(model, torch.randn(2, 4, 10), {"0": {"weight": torch.ones(8, 4, 3)}}).speedup_model()
+
+
+def test_masks_from_a_file(tmp_path: Any) -> None:
+    """NNI's ``ModelSpeedup(model, dummy_input, masks_file)``."""
+    from search.pruning.io import save_masks  # noqa: PLC0415
+
+    model, x = PATTERNS["concat"]()
+    pruner = L1NormPruner(model, config_for(CASES["concat"], model, x, 0.5))
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    save_masks(masks, tmp_path / "masks.safetensors")
+    speedup = ModelSpeedup(model, x, str(tmp_path / "masks.safetensors"))
+    speedup.speedup_model()
+    assert speedup.report is not None and speedup.report.params_after < speedup.report.params_before
+
+
+def test_a_module_refusing_its_new_tensors_is_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from search.speedup import shrink  # noqa: PLC0415
+
+    model, x = PATTERNS["concat"]()
+    pruner = L1NormPruner(model, config_for(CASES["concat"], model, x, 0.5))
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    apply_masks(model, masks)
+    snapshot = _snapshot(model)
+    real, calls = shrink._set_tensor, []
+
+    def fail_third(module: nn.Module, attr: str, new: Tensor) -> None:
+        calls.append(attr)
+        if len(calls) == 3:
+            raise AttributeError(f"can't set attribute {attr!r}")
+        real(module, attr, new)
+
+    monkeypatch.setattr(shrink, "_set_tensor", fail_third)
+    with pytest.raises(SpeedupError, match="restored"):
+        ModelSpeedup(model, x, masks).speedup_model()
+    _assert_unchanged(model, snapshot)

@@ -159,7 +159,9 @@ class Analyzer:
         self.unsupported: dict[str, str] = {}
         self.folds: list[Fold] = []
         self.scratch = Scratch()
-        self._by_tensor: dict[int, Value] = {}
+        #: id -> (tensor, Value); the tensor is kept so that its id cannot be reused by another one
+        #: (a computed attribute, a parametrized weight say, is a new temporary on every read)
+        self._by_tensor: dict[int, tuple[torch.Tensor, Value]] = {}
         #: every (module, attr) that holds a parameter Value's tensor (several when weights are tied)
         self.owners: dict[str, list[tuple[str, str]]] = {}
         self.call_counts: dict[str, int] = {}
@@ -195,14 +197,15 @@ class Analyzer:
         tensor = getattr(owner, attr, None) if owner is not None else None
         if not isinstance(tensor, torch.Tensor):
             return None
-        shared = self._by_tensor.get(id(tensor))
+        seen = self._by_tensor.get(id(tensor))
+        shared = seen[1] if seen is not None and seen[0] is tensor else None
         if shared is not None:  # tied weights: one set of positions, sliced once, assigned to all owners
             self.params[key] = shared
             self.owners[shared.key].append(key)
             return shared
         value = self.g.new_value(f"{module_name}.{attr}" if module_name else attr, tuple(tensor.shape), is_param=True)
         self.params[key] = value
-        self._by_tensor[id(tensor)] = value
+        self._by_tensor[id(tensor)] = (tensor, value)
         self.owners[value.key] = [key]
         if with_zero:  # only tensors used directly as graph values need their zero facts
             for axis in range(value.ndim):
@@ -251,10 +254,7 @@ class Analyzer:
 
         for node in self.traced.graph.nodes:
             if node.op == "placeholder":
-                shape = self.shape_of(node)
-                if shape is not None:
-                    v = self.new(node)
-                    self.g.pin_all(v, "model input")
+                self._input(node)
             elif node.op == "output":
                 for v in _values_in(self.value_of(node.args[0])):
                     self.use_fully(v, "model output")
@@ -278,6 +278,10 @@ class Analyzer:
             fn()
         return self.g
 
+    def _input(self, node: fx.Node) -> None:
+        """A model input: a tensor, or tensors in a tuple / list / dict (all their axes pinned)."""
+        self._new_structure(node, self.concrete(node), "model input")
+
     def _alias_in_place(self, node: fx.Node) -> None:
         """After ``y.add_(1)`` or ``ReLU(inplace=True)(y)``, later readers of ``y`` see the result."""
         if not node.args or not isinstance(node.args[0], fx.Node):
@@ -298,21 +302,46 @@ class Analyzer:
         shape_args = {"view", "reshape", "expand", "unflatten", "new_zeros", "new_ones", "new_empty", "new_full",
                       "zeros", "ones", "empty", "full", "arange", "randn", "rand", "repeat", "tile"}
         for node in self.traced.graph.nodes:
-            name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
-            is_size = (node.op == "call_method" and name in ("size", "dim", "numel")) or (
-                node.op == "call_function" and name == "getattr" and len(node.args) > 1 and node.args[1] == "shape"
-            )
-            source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-            value = self.node_values.get(source.name) if source is not None else None
-            if not is_size or not isinstance(value, Value):
+            value = self._sized_value(node)
+            if value is None:
                 continue
-            if not self._size_used_as_number(node, shape_args):
-                continue
-            axes = range(value.ndim)
-            if name == "size" and len(node.args) > 1 and isinstance(node.args[1], int):
-                axes = [node.args[1] % value.ndim]
-            for axis in axes:
-                self.g.pin(value, axis, f"its size is used as a number at node {node.name}")
+            for axes, start in self._size_reads(node, value.ndim):
+                if self._size_used_as_number(start, shape_args):
+                    for axis in axes:
+                        self.g.pin(value, axis, f"its size is used as a number at node {start.name}")
+
+    def _sized_value(self, node: fx.Node) -> Value | None:
+        """The Value whose size ``node`` reads (``x.size()``, ``x.shape``, ``x.dim()``...), if it reads one."""
+        name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+        is_size = (node.op == "call_method" and name in ("size", "dim", "numel")) or (
+            node.op == "call_function" and name == "getattr" and len(node.args) > 1 and node.args[1] == "shape"
+        )
+        source = node.args[0] if is_size and isinstance(node.args[0], fx.Node) else None
+        value = self.node_values.get(source.name) if source is not None else None
+        return value if isinstance(value, Value) else None
+
+    @staticmethod
+    def _size_reads(node: fx.Node, ndim: int) -> list[tuple[list[int], fx.Node]]:
+        """(axes, node giving their sizes) for each use of a size node.
+
+        ``x.size(1)`` reads axis 1; ``x.shape[-2:]`` or ``b, c, h, w = x.size()`` (every user an
+        index) read only the indexed axes; anything else reads every axis.
+        """
+        if str(node.target) in ("dim", "numel"):
+            return [(list(range(ndim)), node)]
+        if str(node.target) == "size" and len(node.args) > 1:
+            dim = node.args[1]
+            return [([dim % ndim], node)] if isinstance(dim, int) else [(list(range(ndim)), node)]
+        reads = []
+        for user in node.users:
+            index = user.args[1] if getattr(user.target, "__name__", "") == "getitem" and len(user.args) > 1 else None
+            if isinstance(index, int) and -ndim <= index < ndim:
+                reads.append(([index % ndim], user))
+            elif isinstance(index, slice):
+                reads.append((list(range(ndim))[index], user))
+            else:
+                return [(list(range(ndim)), node)]
+        return reads
 
     def _size_used_as_number(self, start: fx.Node, shape_args: set[str]) -> bool:
         stack, seen = list(start.users), set()
@@ -345,6 +374,17 @@ class Analyzer:
             source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
             value = self.node_values.get(source.name) if source is not None else None
             name = getattr(node.target, "__name__", str(node.target))
+            sized = self._sized_value(source) if name == "getitem" and source is not None else None
+            if sized is not None:  # x.shape[i] / x.size()[i]: only the indexed axes
+                assert source is not None
+                for axes, start in self._size_reads(source, sized.ndim):
+                    if start is node:
+                        for axis in axes:
+                            self.g.pin(sized, axis, f"Python control flow reads this size at node {node.name}")
+                        break
+                else:
+                    stack.append(source)
+                continue
             if isinstance(value, Value) and name in ("size", "dim", "numel", "getattr", "len"):
                 dims = None
                 if name == "size" and len(node.args) > 1 and isinstance(node.args[1], int):
@@ -369,21 +409,25 @@ class Analyzer:
         self._new_structure(node, out, reason)
 
     def _new_structure(self, node: fx.Node, out: Any, reason: str | None) -> None:
+        """New Values for the tensors ``node`` produces (nested in tuples, lists, dicts), pinned if ``reason``."""
         if isinstance(out, torch.Tensor):
             v = self.new(node, tuple(out.shape))
             if reason:
                 self.g.pin_all(v, reason)
-        elif isinstance(out, tuple | list) and any(isinstance(o, torch.Tensor) for o in out):
-            items = []
-            for i, o in enumerate(out):
-                if isinstance(o, torch.Tensor):
-                    v = self.g.new_value(f"{node.name}[{i}]", tuple(o.shape), producer=self.describe(node))
-                    if reason:
-                        self.g.pin_all(v, reason)
-                    items.append(v)
-                else:
-                    items.append(None)
-            self.node_values[node.name] = tuple(items)
+            return
+        if not _has_tensor(out):
+            return
+        count = iter(range(1 << 30))
+
+        def make(t: Any) -> Value | None:
+            if not isinstance(t, torch.Tensor):
+                return None
+            v = self.g.new_value(f"{node.name}[{next(count)}]", tuple(t.shape), producer=self.describe(node))
+            if reason:
+                self.g.pin_all(v, reason)
+            return v
+
+        self.node_values[node.name] = map_aggregate(out, make)
 
 
 def _values_in(structure: Any) -> list[Value]:

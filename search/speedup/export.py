@@ -97,6 +97,8 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     args, kwargs = split_inputs(dummy_input)
+    if args and isinstance(args[-1], dict):  # torch.onnx.export reads a trailing dict as keyword inputs
+        args = (*args, {})
     with _eval_mode(model):
         try:
             # verbose=False: no progress lines on stdout

@@ -11,10 +11,10 @@ import torch
 from torch import fx
 
 from search.speedup._nodes import _dims, op_name
-from search.speedup.analyze import Analyzer
+from search.speedup.analyze import Analyzer, _values_in
 from search.speedup.graph import Value, carry
 
-__all__ = ["_cat", "_chunk", "_expand", "_getitem", "_permute", "_reshape", "_stack"]
+__all__ = ["_cat", "_chunk", "_expand", "_getitem", "_permute", "_reshape", "_stack", "rearrange_channels"]
 
 
 def _permute(an: Analyzer, node: fx.Node) -> bool:
@@ -194,9 +194,10 @@ def _merge_back(an: Analyzer, x: Value, a0: int, out: Value, b: int, mapping: np
 def _getitem(an: Analyzer, node: fx.Node) -> bool:
     container = an.value_of(node.args[0])
     index = an.concrete(node.args[1])
-    if isinstance(container, tuple | list):
-        item = container[index] if isinstance(index, int) else None
-        if isinstance(item, Value):
+    if isinstance(container, tuple | list | dict):
+        keyed = isinstance(container, dict) and isinstance(index, str) and index in container
+        item = container[index] if isinstance(index, int) and not isinstance(container, dict) or keyed else None
+        if _values_in(item):  # a Value, or a nested structure of them (an LSTM's (h, c))
             an.node_values[node.name] = item
             return True
         return False
@@ -393,6 +394,71 @@ def _stack(an: Analyzer, node: fx.Node) -> bool:
         for v in ins:
             for a in range(v.ndim):
                 an.use(v, a, out.ignored[a if a < dim else a + 1])
+
+    an.on_backward(back)
+    return True
+
+
+# -- channel <-> space rearrangements --------------------------------------------------------------
+
+
+def _channel_groups_of(x: Value, cax: int, kind: str, factor: int, out_channels: int) -> np.ndarray | None:
+    """For ``pixel_shuffle`` / ``pixel_unshuffle`` / ``channel_shuffle``: the input channel of each output channel."""
+    c = x.shape[cax]
+    if kind == "pixel_shuffle" and c == out_channels * factor * factor:
+        return np.arange(out_channels) * factor * factor  # first of the factor² input channels
+    if kind == "pixel_unshuffle" and out_channels == c * factor * factor:
+        return np.arange(out_channels) // (factor * factor)
+    if kind == "channel_shuffle" and out_channels == c and c % factor == 0:
+        n = c // factor
+        k = np.arange(c)  # output k = b * groups + a reads input a * n + b
+        return (k % factor) * n + k // factor
+    return None
+
+
+def rearrange_channels(an: Analyzer, node: fx.Node, inp: Any, kind: str, factor: int) -> bool:
+    """Pixel (un)shuffle and channel shuffle move channels in blocks; those blocks go together.
+
+    ``pixel_shuffle(r)`` turns each run of r² input channels into one output channel, so a run is
+    removed whole; ``pixel_unshuffle(r)`` is the reverse. ``channel_shuffle(g)`` interleaves g
+    groups: the same offset in every group is removed together, so the shuffle stays consistent.
+    """
+    x = an.value_of(inp)
+    out_shape = an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None or x.ndim < 3 or len(out_shape) != x.ndim or factor < 1:
+        return False
+    cax = x.ndim - 3
+    source = _channel_groups_of(x, cax, kind, factor, out_shape[cax])
+    if source is None:
+        return False
+    out = an.new(node)
+    for a in range(cax):
+        an.g.link(x, a, out, a)
+        carry(out, a, x, a)
+    c = x.shape[cax]
+    if kind == "pixel_shuffle":
+        block = factor * factor
+        an.g.link(out, cax, x, cax, np.arange(c) // block)
+        out.zero[cax] = x.zero[cax].reshape(-1, block).all(axis=1)
+    else:
+        an.g.link(x, cax, out, cax, source)
+        carry(out, cax, x, cax, source)
+        if kind == "channel_shuffle":
+            an.g.link(x, cax, x, cax, np.arange(c) % (c // factor))
+
+    def back() -> None:
+        for a in range(cax):
+            an.use(x, a, out.ignored[a])
+        ignored = out.ignored[cax]
+        if kind == "pixel_shuffle":
+            verdict = np.repeat(ignored, factor * factor)
+        else:
+            verdict = np.ones(c, dtype=bool)
+            np.logical_and.at(verdict, source, ignored)
+        an.use(x, cax, verdict)
+        every = Analyzer.all_ignored(out)
+        for a in range(cax + 1, x.ndim):
+            an.use(x, a, every)
 
     an.on_backward(back)
     return True

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from search.speedup.analyze import Analyzer, Fold, PairMatrix, nonzero_pairs
 from search.speedup.graph import Value
-from search.speedup.layout_rules import _reshape
+from search.speedup.layout_rules import _reshape, rearrange_channels
 from search.speedup.rules import along_axis, spatial, unary
 
 __all__ = ["module_rule", "linear_like", "ELEMENTWISE_MODULES", "SHRINKABLE_MODULES"]
@@ -35,7 +36,7 @@ CONST_KEEPING_MODULES = (
 #: Module types whose parameters speedup knows how to slice (attributes updated to match).
 SHRINKABLE_MODULES = (
     nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-    nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.PReLU,
+    nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.PReLU, nn.RNNBase,
 )
 
 
@@ -46,6 +47,10 @@ def _zero(t: torch.Tensor | None, n: int) -> np.ndarray:
 def module_rule(an: Analyzer, node: fx.Node) -> bool:
     name = str(node.target)
     m = an.modules[name]
+    opaque = _opaque(m)
+    if opaque is not None:
+        an.unknown(node, f"{opaque} {name} ({type(m).__name__})")
+        return True
     x = an.value_of(node.args[0]) if node.args else None
     if isinstance(m, nn.Linear):
         if not isinstance(x, Value):
@@ -67,8 +72,16 @@ def module_rule(an: Analyzer, node: fx.Node) -> bool:
         return _embedding(an, node, m, x)
     if isinstance(m, nn.PReLU):
         return _prelu(an, node, m, x)
+    if isinstance(m, nn.RNNBase):
+        return _rnn(an, node, m, x)
     if isinstance(m, nn.Flatten | nn.Unflatten):
         return _reshape(an, node)
+    if isinstance(m, nn.PixelShuffle):
+        return rearrange_channels(an, node, node.args[0], "pixel_shuffle", m.upscale_factor)
+    if isinstance(m, nn.PixelUnshuffle):
+        return rearrange_channels(an, node, node.args[0], "pixel_unshuffle", m.downscale_factor)
+    if isinstance(m, nn.ChannelShuffle):
+        return rearrange_channels(an, node, node.args[0], "channel_shuffle", m.groups)
     if isinstance(m, nn.Softmax | nn.LogSoftmax) and m.dim is not None:
         return along_axis(an, node, node.args[0], m.dim, False, type(m).__name__)
     if isinstance(m, SPATIAL_MODULES):
@@ -78,6 +91,20 @@ def module_rule(an: Analyzer, node: fx.Node) -> bool:
     if isinstance(m, ELEMENTWISE_MODULES) and isinstance(x, Value) and len(node.args) == 1:
         return unary(an, node, node.args[0])  # type: ignore[arg-type]
     return False
+
+
+def _opaque(m: nn.Module) -> str | None:
+    """Why ``m`` does not compute what its type says (its weight is not its parameter), if it does not.
+
+    A parametrization (``weight_norm``, ``spectral_norm``) or a forward pre-hook (the old
+    ``weight_norm``, ``torch.nn.utils.prune``) computes the weight from other tensors on every call:
+    slicing it would change nothing, or the wrong thing.
+    """
+    if parametrize.is_parametrized(m):
+        return "parametrized weights of"
+    if m._forward_pre_hooks:
+        return "forward pre-hook of"
+    return None
 
 
 def linear_like(
@@ -427,3 +454,37 @@ def _prelu(an: Analyzer, node: fx.Node, m: nn.PReLU, x: Value | None) -> bool:
         out.zero[a] = x.zero[a].copy()
     an.on_backward(lambda: [an.use(x, a, out.ignored[a]) for a in range(x.ndim)])
     return True
+
+
+def _rnn(an: Analyzer, node: fx.Node, m: nn.RNNBase, x: Value | None) -> bool:
+    """LSTM / GRU / RNN: input features are the columns of the first layer's input weights.
+
+    Only those columns can go (with the input features they read); the hidden size feeds the
+    gates and every later step, so outputs and states keep all their positions.
+    """
+    result = an.concrete(node)
+    if not isinstance(x, Value) or not isinstance(result, tuple) or len(node.args) + len(node.kwargs) > 1:
+        return False
+    name = str(node.target)
+    reason = f"recurrent hidden state of {name} ({type(m).__name__})"
+    an._new_structure(node, result, reason)  # (output, h) or, for an LSTM, (output, (h, c))
+    feature = x.ndim - 1
+    weights = [w for w in (an.param(name, "weight_ih_l0"), an.param(name, "weight_ih_l0_reverse")) if w is not None]
+    for w in weights:
+        an.g.link(w, 1, x, feature)
+    read = np.zeros(x.shape[feature], dtype=bool)
+    for suffix in ("", "_reverse"):
+        weight = getattr(m, "weight_ih_l0" + suffix, None)
+        if isinstance(weight, torch.Tensor):
+            read |= (weight.detach() != 0).any(dim=0).cpu().numpy()
+    for a in range(feature):
+        an.g.pin(x, a, reason)
+
+    def back() -> None:
+        an.use(x, feature, ~read)
+        for a in range(feature):
+            an.use(x, a, False)
+
+    an.on_backward(back)
+    return True
+

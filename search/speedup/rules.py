@@ -12,7 +12,16 @@ from torch import fx
 from search.speedup._nodes import _dims, _flat_args, op_name
 from search.speedup.analyze import Analyzer, _has_tensor
 from search.speedup.graph import Value
-from search.speedup.layout_rules import _cat, _chunk, _expand, _getitem, _permute, _reshape, _stack
+from search.speedup.layout_rules import (
+    _cat,
+    _chunk,
+    _expand,
+    _getitem,
+    _permute,
+    _reshape,
+    _stack,
+    rearrange_channels,
+)
 
 __all__ = ["dispatch", "op_name"]
 
@@ -34,8 +43,10 @@ BINARY = {
 }
 RESHAPE = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
 PERMUTE = {"transpose", "permute", "t", "movedim", "swapaxes", "swapdims"}
-REDUCE_ZERO_KEEPING = {"sum", "mean", "amax", "amin", "std", "var", "norm", "nansum", "nanmean"}
-REDUCE_OTHER = {"logsumexp", "prod", "all", "any", "argmax", "argmin", "max", "min", "median"}
+REDUCE_ZERO_KEEPING = {
+    "sum", "mean", "amax", "amin", "std", "var", "norm", "nansum", "nanmean", "max", "min", "median", "prod",
+}
+REDUCE_OTHER = {"logsumexp", "all", "any", "argmax", "argmin"}
 ALONG_DIM = {"softmax": False, "log_softmax": False, "normalize": True, "cumsum": True, "cumprod": False}
 SPATIAL = {
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
@@ -283,17 +294,25 @@ def spatial(an: Analyzer, node: fx.Node, zero_keeping: bool, const_keeping: bool
 
 
 def _reduce(an: Analyzer, node: fx.Node, zero_keeping: bool) -> bool:
+    """A reduction over some axes (pinned); ``max(dim)``-style ones also return their indices."""
     args = an.concrete(node.args)
     kwargs = an.concrete(node.kwargs)
     x = an.value_of(node.args[0])
-    out_shape = an.shape_of(node)
-    if not isinstance(x, Value) or out_shape is None:
+    result = an.concrete(node)
+    pair = isinstance(result, tuple) and len(result) == 2 and all(isinstance(r, torch.Tensor) for r in result)
+    out_shape = tuple(result[0].shape) if pair else an.shape_of(node)
+    if not isinstance(x, Value) or out_shape is None or (pair and result[1].shape != result[0].shape):
         return False
     dim = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], torch.Tensor) else None)
     keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False))
     reduced = _dims(dim, x.ndim)
     kept = [a for a in range(x.ndim) if a not in reduced]
-    out = an.new(node)
+    out = an.new(node, out_shape)
+    outs = [out]
+    if pair:  # (values, indices): the indices have the values' axes, with no zero facts
+        indices = an.g.new_value(f"{node.name}.indices", out_shape, producer=an.describe(node))
+        outs.append(indices)
+        an.node_values[node.name] = (out, indices)
     out_axes = list(range(x.ndim)) if keepdim else [None] * x.ndim
     if not keepdim:
         for i, a in enumerate(kept):
@@ -304,21 +323,36 @@ def _reduce(an: Analyzer, node: fx.Node, zero_keeping: bool) -> bool:
         b = out_axes[a]
         if b is None or out.shape[b] != x.shape[a]:
             return True
-        an.g.link(x, a, out, b)
+        for o in outs:
+            an.g.link(x, a, o, b)
         if zero_keeping:
             out.zero[b] = x.zero[a].copy()
-        if op_name(node) in ("mean", "amax", "amin", "nanmean"):
+        if op_name(node) in ("mean", "amax", "amin", "nanmean", "max", "min", "median"):
             out.const[b] = x.const[a].copy()
 
     def back() -> None:
         for a in kept:
             b = out_axes[a]
             if b is not None:
-                an.use(x, a, out.ignored[b])
+                an.use(x, a, np.logical_and.reduce([o.ignored[b] for o in outs]))
         for a in reduced:
-            an.use(x, a, Analyzer.all_ignored(out))
+            an.use(x, a, all(Analyzer.all_ignored(o) for o in outs))
 
     an.on_backward(back)
+    return True
+
+
+def _field(an: Analyzer, node: fx.Node) -> bool:
+    """``.values`` / ``.indices`` of a ``max(dim)``-style result (a pair of Values)."""
+    container = an.value_of(node.args[0])
+    field = node.args[1] if len(node.args) > 1 else None
+    position = {"values": 0, "indices": 1}.get(field) if isinstance(field, str) else None
+    if position is None or not isinstance(container, tuple) or len(container) != 2:
+        return False
+    item = container[position]
+    if not isinstance(item, Value):
+        return False
+    an.node_values[node.name] = item
     return True
 
 
@@ -447,6 +481,17 @@ def _linear_fn(an: Analyzer, node: fx.Node) -> bool:
     return linear_like(an, node, x, w, b if isinstance(b, Value) and b.is_param else None, weight, bias)
 
 
+def _rearrange(an: Analyzer, node: fx.Node) -> bool:
+    args, kwargs = an.concrete(node.args), an.concrete(node.kwargs)
+    name = op_name(node)
+    kind = "channel_shuffle" if name.endswith("channel_shuffle") else name
+    key = {"pixel_shuffle": "upscale_factor", "pixel_unshuffle": "downscale_factor"}.get(kind, "groups")
+    factor = kwargs.get(key, args[1] if len(args) > 1 else None)
+    if not isinstance(factor, int):
+        return False
+    return rearrange_channels(an, node, node.args[0], kind, factor)
+
+
 def _pad(an: Analyzer, node: fx.Node) -> bool:
     args, kwargs = an.concrete(node.args), an.concrete(node.kwargs)
     mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
@@ -477,5 +522,10 @@ _HANDLERS: dict[str, Callable[[Analyzer, fx.Node], bool]] = {
     "expand": _expand,
     "expand_as": _expand,
     "pad": _pad,
+    "getattr": _field,
+    "pixel_shuffle": _rearrange,
+    "pixel_unshuffle": _rearrange,
+    "channel_shuffle": _rearrange,
+    "native_channel_shuffle": _rearrange,
 }
 

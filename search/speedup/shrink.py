@@ -56,7 +56,7 @@ class Change:
 
 _ATTRS = (
     "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features", "normalized_shape",
-    "num_channels", "embedding_dim", "num_parameters",
+    "num_channels", "embedding_dim", "num_parameters", "input_size",
 )
 
 
@@ -109,9 +109,28 @@ def apply_removal(
     removable: np.ndarray,
     folds: list[Fold] | None = None,
 ) -> tuple[dict[str, Change], SpeedupPlan]:
-    """Remove the positions marked ``removable`` from every parameter/buffer; returns changes and plan."""
+    """Remove the positions marked ``removable`` from every parameter/buffer; returns changes and plan.
+
+    If a module refuses its new tensors (an attribute without a setter, say), what was already
+    changed is rolled back before the error propagates.
+    """
     changes: dict[str, Change] = {}
-    created = apply_folds(modules, folds or [], removable, changes)
+    try:
+        plan = _remove(modules, params, removable, folds or [], changes)
+    except Exception:
+        rollback(changes)
+        raise
+    return changes, plan
+
+
+def _remove(
+    modules: dict[str, nn.Module],
+    params: dict[tuple[str, str], Value],
+    removable: np.ndarray,
+    folds: list[Fold],
+    changes: dict[str, Change],
+) -> SpeedupPlan:
+    created = apply_folds(modules, folds, removable, changes)
     plan = SpeedupPlan(bias_created=sorted(created))
     sliced: dict[int, torch.Tensor] = {}  # original tensor id -> its new tensor (keeps tied weights tied)
     for (module_name, attr), pv in params.items():
@@ -144,7 +163,7 @@ def apply_removal(
             module.bias = nn.Parameter(bias.detach().index_select(0, keep0), requires_grad=bias.requires_grad)
     for change in changes.values():
         _update_attributes(change)
-    return changes, plan
+    return plan
 
 
 def apply_plan(model: nn.Module, plan: SpeedupPlan) -> nn.Module:
@@ -207,6 +226,8 @@ def _update_attributes(change: Change) -> None:
         m.embedding_dim = m.weight.shape[1]
     elif isinstance(m, nn.PReLU):
         m.num_parameters = m.weight.shape[0]
+    elif isinstance(m, nn.RNNBase):
+        m.input_size = m.weight_ih_l0.shape[1]
 
 
 def rollback(changes: dict[str, Change]) -> None:

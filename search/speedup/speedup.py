@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -12,9 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from search.config import channel_dims, is_io_target
 from search.metrics import FlopCounter, _call, count_params
+from search.pruning.io import load_masks
 from search.speedup.analyze import Analyzer, slice_zero
 from search.speedup.report import ModuleRow, SpeedupReport
 from search.speedup.shrink import SpeedupPlan, apply_removal, rollback
@@ -50,7 +53,8 @@ class ModelSpeedup:
     Args:
         model: the (unwrapped) model; its parameters get the masks multiplied in.
         dummy_input: an input (tensor, tuple of positional inputs, or dict of keyword inputs).
-        masks: ``{module_name: {target_name: 0/1 tensor}}`` as pruners return them.
+        masks: ``{module_name: {target_name: 0/1 tensor}}`` as pruners return them, or the path of a
+            masks file written by ``pruner.export_model(..., mask_path=...)`` (NNI's ``masks_file``).
         rtol: allowed max abs difference, relative to the output's max magnitude.
 
     Example:
@@ -69,13 +73,15 @@ class ModelSpeedup:
         self,
         model: nn.Module,
         dummy_input: Any,
-        masks: Mapping[str, Mapping[str, Tensor]],
+        masks: Mapping[str, Mapping[str, Tensor]] | str | os.PathLike[str],
         *,
         rtol: float = 1e-4,
         **_nni_compat: Any,
     ) -> None:
         self.model = model
         self.dummy_input = dummy_input
+        if isinstance(masks, str | os.PathLike):
+            masks = load_masks(masks)
         self.masks = {m: dict(t) for m, t in masks.items()}
         self.rtol = rtol
         self.report: SpeedupReport | None = None
@@ -92,6 +98,11 @@ class ModelSpeedup:
             for target, mask in targets.items():
                 if mask is None:
                     continue
+                if parametrize.is_parametrized(modules[name], target):
+                    raise SpeedupError(
+                        f"{name}.{target} is computed by a parametrization (weight_norm, spectral_norm...), so a mask "
+                        "cannot be multiplied into it; call torch.nn.utils.parametrize.remove_parametrizations first"
+                    )
                 if is_io_target(target):
                     raise SpeedupError(
                         f"{name}.{target}: masks on activations are not supported by speedup; "
@@ -126,7 +137,7 @@ class ModelSpeedup:
                     high, low = rows.amax(dim=1), rows.amin(dim=1)
                     zero = (high == 0) & (low == 0)
                     masked_rows[name] = zero.cpu().numpy()
-                    if bool(((zero | ((high == 1) & (low == 1))).all())):
+                    if bool((zero | ((high == 1) & (low == 1))).all()):
                         if bool(zero.any()):
                             tensor.index_fill_(out_dim, zero.nonzero().flatten(), 0)
                     else:
@@ -149,7 +160,10 @@ class ModelSpeedup:
             analyzer = Analyzer(traced, model, self._modules)
             analyzer.run()
             removable, explain = self._decide(analyzer)
-            changes, self.plan = apply_removal(analyzer.modules, analyzer.params, removable, analyzer.folds)
+            try:
+                changes, self.plan = apply_removal(analyzer.modules, analyzer.params, removable, analyzer.folds)
+            except Exception as exc:
+                raise SpeedupError(f"could not shrink the model ({type(exc).__name__}: {exc}); model restored") from exc
             flops_after = self._recount(traced, analyzer, removable)
             try:
                 with torch.no_grad(), FlopCounter() if flops_after is None else contextlib.nullcontext() as counter:

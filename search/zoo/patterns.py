@@ -34,13 +34,17 @@ __all__ = [
     "ConvTransposeNet",
     "DepthwiseNet",
     "EmbeddingNet",
+    "FPNNet",
     "FlattenLinearNet",
     "GroupNormNet",
     "GroupedConvNet",
     "LayerNormMLP",
+    "PixelShuffleNet",
+    "RecurrentNet",
     "ResidualNet",
     "SENet",
     "SharedModuleNet",
+    "TextCNN",
     "UNetSkip",
     "UnknownOpNet",
     "UntraceableNet",
@@ -52,12 +56,16 @@ __all__ = [
     "depthwise_net",
     "embedding_net",
     "flatten_linear_net",
+    "fpn_net",
     "group_norm_net",
     "grouped_conv_net",
     "layer_norm_mlp",
+    "pixel_shuffle_net",
+    "recurrent_net",
     "residual_net",
     "se_net",
     "shared_module_net",
+    "text_cnn",
     "unet_skip",
     "unknown_op_net",
     "untraceable_net",
@@ -294,6 +302,58 @@ class ChannelShuffleNet(nn.Module):
         return self.head(x)
 
 
+class PixelShuffleNet(nn.Module):
+    """Super-resolution style: ``PixelUnshuffle``, ``nn.ChannelShuffle``, ``F.pixel_shuffle``.
+
+    ``pixel_shuffle(2)`` makes one output channel of each run of four input channels, so a run
+    goes only as a whole; a channel shuffle of ``g`` groups couples the same offset in every group.
+
+    Example:
+        >>> PixelShuffleNet()(torch.randn(1, 3, 16, 16)).shape
+        torch.Size([1, 3, 16, 16])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.PixelUnshuffle(2)
+        self.conv1 = nn.Conv2d(12, 16, 3, padding=1)
+        self.shuffle = nn.ChannelShuffle(4)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.up = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv1(self.down(x)))
+        x = F.relu(self.conv2(self.shuffle(x)))
+        return self.head(F.relu(F.pixel_shuffle(self.up(x), 2)))
+
+
+class FPNNet(nn.Module):
+    """Feature-pyramid top-down path: lateral 1x1 convs added to upsampled coarser levels.
+
+    The finest level is upsampled to ``c1.shape[-2:]``: reading the spatial sizes of ``c1``
+    must not pin its channels.
+
+    Example:
+        >>> FPNNet()(torch.randn(1, 3, 16, 16)).shape
+        torch.Size([1, 3, 16, 16])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.lateral1 = nn.Conv2d(8, 8, 1)
+        self.lateral2 = nn.Conv2d(16, 8, 1)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c1 = F.relu(self.c1(x))
+        c2 = F.relu(self.c2(c1))
+        p1 = self.lateral1(c1) + F.interpolate(self.lateral2(c2), size=c1.shape[-2:], mode="nearest")
+        return self.head(p1)
+
+
 # -- attention / linear ---------------------------------------------------------------------------------------
 
 
@@ -437,6 +497,53 @@ class EmbeddingNet(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.head(F.relu(self.fc(self.embed(ids))).mean(dim=1))
+
+
+class TextCNN(nn.Module):
+    """Kim's text CNN: ``Embedding``, two ``Conv1d`` widths, max over time, concatenation.
+
+    ``x.max(dim=2)`` returns ``(values, indices)``; both ``[0]`` and ``.values`` are used.
+
+    Example:
+        >>> TextCNN()(torch.zeros(2, 12, dtype=torch.long)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, vocab: int = 50, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.conv3 = nn.Conv1d(dim, 12, 3, padding=1)
+        self.conv5 = nn.Conv1d(dim, 12, 5, padding=2)
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.embed(ids).transpose(1, 2)
+        a = F.relu(self.conv3(x)).max(dim=2)[0]
+        b = F.relu(self.conv5(x)).max(dim=2).values
+        return self.head(torch.cat([a, b], dim=1))
+
+
+class RecurrentNet(nn.Module):
+    """``Linear -> LSTM -> last step -> Linear -> head``.
+
+    The LSTM's input features are columns of its input weights, so the ``Linear`` before it
+    shrinks; its hidden size feeds every gate and step, so it stays.
+
+    Example:
+        >>> RecurrentNet()(torch.randn(2, 7, 6)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.rnn = nn.LSTM(16, 12, batch_first=True)
+        self.fc = nn.Linear(12, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(F.relu(self.inp(x)))
+        return self.head(F.relu(self.fc(out[:, -1, :])))
 
 
 class LayerNormMLP(nn.Module):
@@ -626,6 +733,26 @@ def unknown_op_net() -> tuple[nn.Module, Tensor]:
     return _finish(UnknownOpNet()), _image()
 
 
+def pixel_shuffle_net() -> tuple[nn.Module, Tensor]:
+    """:class:`PixelShuffleNet` and a ``1x3x16x16`` input."""
+    return _finish(PixelShuffleNet()), _image()
+
+
+def fpn_net() -> tuple[nn.Module, Tensor]:
+    """:class:`FPNNet` and a ``1x3x16x16`` input."""
+    return _finish(FPNNet()), _image()
+
+
+def text_cnn() -> tuple[nn.Module, Tensor]:
+    """:class:`TextCNN` and a ``2x12`` batch of token ids."""
+    return _finish(TextCNN()), torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def recurrent_net() -> tuple[nn.Module, Tensor]:
+    """:class:`RecurrentNet` and a ``2x7x6`` sequence batch."""
+    return _finish(RecurrentNet()), torch.randn(2, 7, 6, generator=torch.Generator().manual_seed(0))
+
+
 #: name -> factory returning ``(model, dummy_input)``.
 PATTERNS: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "concat": concat_net,
@@ -647,4 +774,8 @@ PATTERNS: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "group_norm": group_norm_net,
     "untraceable": untraceable_net,
     "unknown_op": unknown_op_net,
+    "pixel_shuffle": pixel_shuffle_net,
+    "fpn": fpn_net,
+    "text_cnn": text_cnn,
+    "recurrent": recurrent_net,
 }
