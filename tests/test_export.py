@@ -75,6 +75,20 @@ def test_compact_model_exports_to_onnx_and_pt2(name: str, ratio: float, tmp_path
     _assert_close(expected, _call(program.module(), c.dummy_input))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "transformer_classifier"])
+def test_onnx_and_pt2_take_any_batch_size(name: str, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    c = cached_compress(name, 0.5)
+    x = c.dummy_input
+    batch = torch.cat([x, x.flip(0) if x.is_floating_point() else x, x], 0)  # 3x the dummy batch
+    expected = _call(c.model, batch)
+    session = ort.InferenceSession(str(export_onnx(c.model, x, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "batch"
+    _assert_close(expected, torch.from_numpy(session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]))
+    _assert_close(expected, _call(load_pt2(export_pt2(c.model, x, tmp_path / "m.pt2")).module(), batch))
+
+
 # -- the helpers' contract ----------------------------------------------------------------------------------------
 
 
@@ -201,7 +215,7 @@ def test_falls_back_to_the_torchscript_exporter(monkeypatch: pytest.MonkeyPatch,
     model, x = PATTERNS["residual"]()
     with caplog.at_level("WARNING", logger="search.speedup.export"):
         path = export_onnx(model, x, tmp_path / "residual.onnx")
-    assert calls == [True, False]
+    assert calls == [True, True, False]  # dynamic batch, static shapes, then the TorchScript exporter
     assert "simulated torch.export failure" in caplog.text
     assert check_onnx(path, model, x) < 1e-4
 

@@ -66,11 +66,14 @@ def export_onnx(
     opset: int | None = None,
     *,
     fallback: bool = True,
+    dynamic_batch: bool = True,
 ) -> Path:
     """Export ``model`` to an ONNX file with the ``torch.export``-based exporter.
 
     Weights are stored in the file itself (a separate ``.data`` file only past ONNX's 2 GB
-    limit). Shapes are static: the exported graph accepts inputs shaped like ``dummy_input``.
+    limit). Axis 0 of every positional tensor input is a dynamic batch (``dynamic_batch``); other
+    axes are static, as in ``dummy_input``. A model that pins its batch size, keyword or dict
+    inputs, and the legacy exporter's fallback give a static graph.
 
     Args:
         model: The model (exported in eval mode; its mode is restored).
@@ -79,6 +82,8 @@ def export_onnx(
         opset: ONNX opset version; ``None`` lets the exporter choose (18 or newer).
         fallback: If the dynamo exporter fails, retry with the legacy TorchScript exporter
             (logged as a warning) instead of raising.
+        dynamic_batch: Export with a dynamic batch axis (falls back to static shapes, with a
+            warning, if the model pins it).
 
     Returns:
         The path written.
@@ -101,10 +106,19 @@ def export_onnx(
         args = (*args, {})
     with _eval_mode(model):
         try:
-            # verbose=False: no progress lines on stdout
-            program = torch.onnx.export(
-                model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset, verbose=False
-            )
+            program = None
+            if dynamic_batch and not any(isinstance(a, dict) for a in args):
+                grown, shapes = _batch_dynamic(args, kwargs)
+                try:  # verbose=False: no progress lines on stdout
+                    program = torch.onnx.export(model, grown, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+                                                verbose=False, dynamic_shapes=shapes)
+                except Exception as exc:  # the model specialises the batch size somewhere
+                    logger.warning("ONNX export with a dynamic batch failed (%s); exporting static shapes",
+                                   type(exc).__name__)
+            if program is None:
+                program = torch.onnx.export(
+                    model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset, verbose=False
+                )
             assert program is not None
             program.save(str(path))
         except Exception as exc:
@@ -194,6 +208,21 @@ def check_onnx(path: str | Path, model: nn.Module, dummy_input: Any, atol: float
     return worst
 
 
+def _batch_dynamic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], Any]:
+    """Positional inputs to trace with and ``dynamic_shapes`` making axis 0 of every tensor a batch.
+
+    ``torch.export`` specialises axes of size 1, so a batch of 1 is traced as a batch of 2 (the
+    same sample twice). With keyword inputs no dynamic shapes are given (static export).
+    """
+    if kwargs:
+        return args, None
+    batch = torch.export.Dim("batch", min=1)
+    shapes = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+    grown = tuple(a.expand(2, *a.shape[1:]).contiguous() if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 1
+                  else a for a in args)
+    return grown, shapes
+
+
 def export_pt2(model: nn.Module, dummy_input: Any, path: str | Path, *, dynamic_batch: bool = True) -> Path:
     """Capture ``model`` with ``torch.export.export`` and save the ExportedProgram (``.pt2``).
 
@@ -222,14 +251,9 @@ def export_pt2(model: nn.Module, dummy_input: Any, path: str | Path, *, dynamic_
     with _eval_mode(model):
         program = None
         if dynamic_batch:
-            batch = torch.export.Dim("batch", min=1)
-            spec = lambda v: {0: batch} if isinstance(v, torch.Tensor) and v.dim() > 0 else None  # noqa: E731
-            dynamic = {"args": tuple(spec(a) for a in args), "kwargs": {k: spec(v) for k, v in kwargs.items()}}
-            shapes: Any = dynamic["args"] if not kwargs else None
-            # torch.export specialises axes of size 1, so trace with a batch of 2
-            grow = lambda v: v.expand(2, *v.shape[1:]).contiguous() if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 1 else v  # noqa: E731
+            grown, shapes = _batch_dynamic(args, kwargs)
             try:
-                program = torch.export.export(model, tuple(grow(a) for a in args), kwargs=kwargs or None, dynamic_shapes=shapes)
+                program = torch.export.export(model, grown, kwargs=kwargs or None, dynamic_shapes=shapes)
             except Exception as exc:  # the model specialises the batch size somewhere
                 logger.warning("export with a dynamic batch failed (%s); exporting static shapes", type(exc).__name__)
         if program is None:
