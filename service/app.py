@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -129,6 +130,9 @@ def create_app(settings: Settings | None = None, *, start_runner: bool = True) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(db.upgrade, settings.database_url)
+        # Start-up objects (modules, the app, SQLAlchemy metadata) live as long as the process: keep them out
+        # of the cyclic collector's full passes, which otherwise pause a request for 20-90 ms now and then.
+        gc.freeze()
         stopper = _start_runner(app) if start_runner and settings.runner else None
         try:
             yield

@@ -5,7 +5,8 @@
   (so ``ON DELETE CASCADE`` works); PostgreSQL gets ``pool_pre_ping``.
 * :func:`make_session_factory` — a ``sessionmaker`` with ``expire_on_commit=False`` (objects stay
   readable after the caller commits, e.g. to serialise them in an API response).
-* :func:`session_scope` — commit on success, roll back on error.
+* :func:`session_scope` — commit on success, roll back on error; :func:`read` — a function run on
+  a connection in autocommit mode, for hot read paths.
 * :func:`upgrade` — Alembic to head; idempotent, and safe when several processes start at once
   (PostgreSQL: a session-level advisory lock; SQLite: ``BEGIN IMMEDIATE`` + the busy timeout).
 
@@ -26,13 +27,15 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
@@ -42,11 +45,13 @@ __all__ = [
     "make_engine",
     "make_session_factory",
     "normalize_url",
+    "read",
     "session_scope",
     "upgrade",
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: how long a SQLite writer waits for the database lock before failing with "database is locked".
@@ -113,6 +118,48 @@ def make_session_factory(url_or_engine: str | URL | Engine, **engine_kwargs: Any
     """A ``sessionmaker`` bound to an engine (built with :func:`make_engine` from a URL)."""
     engine = url_or_engine if isinstance(url_or_engine, Engine) else make_engine(url_or_engine, **engine_kwargs)
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def read(factory: sessionmaker[Session], fn: Callable[[Connection], T]) -> T:
+    """``fn(conn)`` on a pooled connection in autocommit mode, for reads that need no transaction.
+
+    The cheapest way to run a few Core ``SELECT``s (each sees what was committed when it starts): no
+    ORM session, no ``BEGIN``/``ROLLBACK``, and no ``pool_pre_ping`` round trip, since the reads come
+    from a sibling pool without it (:func:`_reader`). A connection found dead instead (the server
+    restarted) is thrown away and ``fn`` runs once more on a fresh one, so ``fn`` must only read.
+    Hot read paths use it: every page of ``GET /experiments/{id}/trials``, the runner's look at its
+    experiments in every step.
+    """
+    reader = _reader(factory.kw["bind"])
+
+    def once() -> T:
+        with reader.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return fn(conn)
+
+    try:
+        return once()
+    except sa.exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.info("a pooled connection was dead (%s); reading again on a fresh one", type(exc.orig).__name__)
+    return once()
+
+
+_readers: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_readers_lock = threading.Lock()
+
+
+def _reader(engine: Engine) -> Engine:
+    """``engine`` itself, or when its pool pings before each checkout, a sibling engine without the ping
+    (made once, disposed with ``engine``)."""
+    if not getattr(engine.pool, "_pre_ping", False):
+        return engine
+    with _readers_lock:
+        reader = _readers.get(engine)
+        if reader is None:
+            reader = _readers[engine] = make_engine(engine.url, pool_pre_ping=False)
+            sa.event.listen(engine, "engine_disposed", lambda _engine: reader.dispose())
+    return reader
 
 
 @contextmanager

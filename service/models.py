@@ -130,8 +130,12 @@ class Experiment(Base):
     """One submitted search: its spec, state, lease and denormalised progress.
 
     ``n_trials`` counts finished trials; ``best_*`` mirror the best trial (the runner sets them);
-    ``generator_state`` is the TaskGenerator's ``state_dict`` plus the runner's bookkeeping (versioned
-    JSON). ``lease_owner``/``lease_expires_at`` say which runner drives it (see ``store.claim_experiment``).
+    ``generator_state`` is a checkpoint of the TaskGenerator's ``state_dict`` plus the runner's
+    bookkeeping (versioned JSON; the calls after it are journaled on the trial rows, see
+    ``service.runner_experiment``). ``lease_owner``/``lease_expires_at`` say which runner drives it (see
+    ``store.claim_experiment``). ``trials_version`` changes whenever one of its trials is inserted,
+    updated or deleted: database triggers maintain it (migration ``0002``), so read it with a query,
+    not from a loaded object.
 
     Example:
         >>> Experiment(name="x", state=ExperimentState.QUEUED, spec={}, algorithm="agp", model="m").name
@@ -171,6 +175,7 @@ class Experiment(Base):
     owner_token_id: Mapped[int | None] = mapped_column(
         sa.Integer, sa.ForeignKey("api_tokens.id", ondelete="SET NULL")
     )
+    trials_version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
 
     def __repr__(self) -> str:
         return f"Experiment(id={self.id!r}, name={self.name!r}, state={getattr(self.state, 'value', None)!r})"
@@ -181,7 +186,10 @@ class Trial(Base):
 
     ``number`` is the generator's task id (``-1`` = the pretrain trial); ``attempt`` starts at 1 and
     grows when a lost worker's trial is retried. ``flops_ratio`` is denormalised from
-    ``metrics['flops_ratio']`` so trials can be sorted by it with an index.
+    ``metrics['flops_ratio']`` so trials can be sorted by it with an index. ``ask_seq``/``tell_seq``
+    place the handing out of its task and the telling of its result in the sequence of the
+    generator's calls, and ``told`` is the exact result told (the runner's journal; NULL for the
+    pretrain trial and for rows written before the journal existed).
 
     Example:
         >>> Trial(experiment_id=1, number=0, state=TrialState.PENDING).state.value
@@ -216,6 +224,9 @@ class Trial(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     duration_s: Mapped[float | None] = mapped_column(sa.Float)
+    ask_seq: Mapped[int | None] = mapped_column(sa.Integer)
+    tell_seq: Mapped[int | None] = mapped_column(sa.Integer)
+    told: Mapped[dict[str, Any] | None] = mapped_column(_json(), deferred=True)
 
     def __repr__(self) -> str:
         return (

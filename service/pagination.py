@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 __all__ = ["MAX_LIMIT", "Page", "SortKey", "decode_cursor", "encode_cursor", "keyset_page", "parse_sort"]
@@ -143,7 +144,7 @@ def _from_json(value: Any, python_type: type) -> Any:
 
 
 def keyset_page(
-    s: Session,
+    s: Session | Connection,
     model: type[T],
     *,
     filters: Sequence[sa.ColumnElement[bool]],
@@ -151,8 +152,17 @@ def keyset_page(
     keys: Mapping[str, SortKey],
     limit: int,
     cursor: str | None,
-) -> Page[T]:
-    """One page of ``model`` rows matching ``filters``, sorted by ``sort``, after ``cursor``."""
+    columns: Sequence[Any] | None = None,
+    count: int | None = None,
+) -> Page[Any]:
+    """One page of ``model`` rows matching ``filters``, sorted by ``sort``, after ``cursor``.
+
+    Args:
+        columns: select these instead of whole ``model`` objects; the items are then result rows,
+            which must include ``id`` and the sort key under their column names (``s`` may then be a
+            plain ``Connection``).
+        count: the number of matching rows when the caller knows it (no ``count(*)`` query then).
+    """
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit: must be an integer in 1..{MAX_LIMIT}, got {limit!r}")
     _, key, desc = parse_sort(sort, keys)
@@ -160,7 +170,13 @@ def keyset_page(
     col: Any = key.column
     phase, value, last_id = (0, None, None) if cursor is None else decode_cursor(cursor, sort, key.python_type)
 
-    count = s.scalar(sa.select(sa.func.count()).select_from(model).where(*filters)) or 0
+    if count is None:
+        count = s.scalar(sa.select(sa.func.count()).select_from(model).where(*filters)) or 0
+
+    def fetch(where: list[Any], order: Sequence[Any], n: int) -> list[Any]:
+        stmt = (sa.select(model) if columns is None else sa.select(*columns)).where(*where).order_by(*order).limit(n)
+        return list(s.scalars(stmt) if columns is None else s.execute(stmt))
+
     rows: list[Any] = []
     want = limit + 1  # one extra row tells whether there is a next page
     if phase == 0:
@@ -170,14 +186,12 @@ def keyset_page(
         if last_id is not None:
             after = sa.tuple_(col, pk)
             where.append(after < (value, last_id) if desc else after > (value, last_id))
-        order = (col.desc(), pk.desc()) if desc else (col.asc(), pk.asc())
-        rows = list(s.scalars(sa.select(model).where(*where).order_by(*order).limit(want)))
+        rows = fetch(where, (col.desc(), pk.desc()) if desc else (col.asc(), pk.asc()), want)
     if key.nullable and len(rows) < want:
         where = [*filters, col.is_(None)]
         if phase == 1 and last_id is not None:
             where.append(pk < last_id if desc else pk > last_id)
-        order_id = pk.desc() if desc else pk.asc()
-        rows += list(s.scalars(sa.select(model).where(*where).order_by(order_id).limit(want - len(rows))))
+        rows += fetch(where, (pk.desc() if desc else pk.asc(),), want - len(rows))
 
     items = rows[:limit]
     next_cursor = None

@@ -12,18 +12,24 @@ runs it as a standalone worker process). One round:
 2. **Claim** ``queued`` experiments, and ``running``/``cancelling`` ones whose lease expired (a
    crashed runner's), while trial slots are free: an atomic conditional ``UPDATE``
    (``store.claim_experiment``), so of several replicas exactly one wins. The TaskGenerator is
-   rebuilt from ``experiments.spec`` + ``generator_state``; tasks that were handed out but never
-   committed run again (same number, ``attempt + 1``); committed trials never run again.
+   rebuilt from ``experiments.spec``, the checkpoint in ``generator_state`` and the journal of
+   generator calls after it on the trial rows (:mod:`service.runner_experiment`); tasks that were
+   handed out but never finished run again (same number, ``attempt + 1``); finished trials never
+   run again.
 3. **Submit** tasks round-robin across experiments up to the global limit
    (``settings.max_concurrent_trials``) and each experiment's ``resources.max_concurrent_trials``.
    Tasks are asked for one at a time (``ask(1)``), so what an algorithm hands out does not
-   depend on how many slots happened to be free. The generator's state after ``ask`` and the
-   trial rows (``running``) are committed *before* the executor gets the tasks. When the spec gives no weights, the pretrain trial (number -1)
-   runs first, as in :func:`workers.local.run_search`.
-4. **Collect** finished trials. Each is committed in ONE transaction with the generator's state
-   after ``tell``, the trial row, its events and the experiment's best (``store.record_trial_result``,
-   fenced by the lease: a runner that lost its lease cannot write). A trial that raised is
-   ``failed`` with its traceback in ``error``; the search goes on.
+   depend on how many slots happened to be free. The trial row (``running``, with the number of
+   the generator call that handed the task out) and its ``trial_started`` event are committed,
+   fenced by the lease, *before* the executor gets the task. When the spec gives no weights, the
+   pretrain trial (number -1) runs first, as in :func:`workers.local.run_search`.
+4. **Collect** finished trials. Each is committed in ONE transaction with its journal entry (the
+   number of the ``tell`` and the exact result told), its events, the experiment's best and, every
+   ``CHECKPOINT_EVERY_TELLS`` results or ``CHECKPOINT_EVERY_S`` seconds, a checkpoint of the
+   generator (``store.record_trial_result``, fenced by the lease: a runner that lost its lease
+   cannot write). The task that takes the freed slot is opened in the same transaction (one
+   commit per trial). A trial that raised is ``failed`` with its traceback in ``error``; the
+   search goes on.
 5. **Finish** searches that are done: the best trial's compact model is exported to
    ``experiments/<id>/best/`` (``model.pt2``, ``model.onnx``, ``model.safetensors``,
    ``masks.safetensors``, ``compact.json``) and registered as artifacts with size, content type
@@ -63,13 +69,26 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import store
+from service import db, store
 from service._export import FORMATS, export_trial
 from service.artifacts import PRETRAIN_NUMBER, ArtifactStore
 from service.db import session_scope
 from service.models import Experiment, utcnow
-from service.runner_db import finish_experiment, json_safe, open_trial, record_finished, register_best_export
-from service.runner_experiment import DefaultExecutorFactory, ExecutorFactory, ExperimentDriver, Finished
+from service.runner_db import (
+    finish_experiment,
+    json_safe,
+    load_journal,
+    open_trial,
+    record_finished,
+    register_best_export,
+)
+from service.runner_experiment import (
+    DefaultExecutorFactory,
+    ExecutorFactory,
+    ExperimentDriver,
+    Finished,
+    checkpoint_seq,
+)
 from service.runner_trial import count_starts, make_trial_fn
 from service.settings import Settings
 from service.states import ExperimentState, IllegalTransition, TrialState
@@ -261,9 +280,9 @@ class Runner:
         if not self.drivers:
             return did
         table = Experiment.__table__
-        with self.session_factory() as s:
-            rows = {r.id: r for r in s.execute(sa.select(table.c.id, table.c.state, table.c.cancel_requested,
-                                                         table.c.lease_owner).where(table.c.id.in_(list(self.drivers))))}
+        stmt = sa.select(table.c.id, table.c.state, table.c.cancel_requested, table.c.lease_owner).where(
+            table.c.id.in_(list(self.drivers)))
+        rows = db.read(self.session_factory, lambda conn: {r.id: r for r in conn.execute(stmt)})
         for exp_id in list(self.drivers):
             row = rows.get(exp_id)
             if row is None:  # deleted: the API removed its files; remove what our trials wrote since
@@ -315,10 +334,11 @@ class Runner:
             spec_dict, max_trials, state, best = exp.spec, exp.max_trials, exp.generator_state, exp.best_trial_number
             pretrain = store.get_trial(s, exp_id, PRETRAIN_NUMBER)
             pretrain_done = pretrain is not None and pretrain.state is TrialState.SUCCEEDED
+            journal = load_journal(s, exp_id, after=checkpoint_seq(state))
         # Everything below may fail on a bad spec or state: _guarded turns that into a failed experiment.
         spec = ExperimentSpec.from_dict(spec_dict, check=False).with_max_trials(max_trials)
         driver = ExperimentDriver(
-            exp_id, spec, state, pretrain_done=pretrain_done, artifacts=self.artifacts,
+            exp_id, spec, state, journal=journal, pretrain_done=pretrain_done, artifacts=self.artifacts,
             executor_factory=self.executor_factory, trial_fn=self.trial_fn,
             on_progress=lambda number, event: self._on_progress(exp_id, number, event),
         )
@@ -334,7 +354,7 @@ class Runner:
             for exp_id, driver in list(self.drivers.items()):
                 if self.in_flight() >= self.max_trials_in_flight:
                     break
-                if exp_id in self.drivers and len(driver.running) < driver.limit:
+                if exp_id in self.drivers and self._has_slot(driver):
                     if self._guarded(exp_id, self._submit_one, driver):
                         progress = did = True
         return did
@@ -343,18 +363,35 @@ class Runner:
         tasks = driver.next_tasks(1)
         if not tasks:
             return False
-        exp_id, attempts = driver.experiment_id, {}
         with session_scope(self.session_factory) as s:
-            store.set_generator_state(s, exp_id, driver.state_json(), lease_owner=self.owner_id)
-            for task in tasks:
-                number = int(task["task_id"])
-                attempts[number] = open_trial(s, exp_id, task)
-                store.append_event(s, exp_id, "trial_started", json_safe({
-                    "number": number, "attempt": attempts[number], "parent_number": task.get("parent_id"),
-                    "params": task.get("params", {})}))
-        for task in tasks:
-            driver.submit(task, attempts[int(task["task_id"])])
+            attempts, started = self._open_trials(s, driver, tasks)
+            store.append_events(s, driver.experiment_id, started, lease_owner=self.owner_id)
+        self._hand_out(driver, tasks, attempts)
         return True
+
+    def _has_slot(self, driver: ExperimentDriver) -> bool:
+        return len(driver.running) < driver.limit and self.in_flight() < self.max_trials_in_flight
+
+    @staticmethod
+    def _open_trials(s: Session, driver: ExperimentDriver,
+                     tasks: list[dict[str, Any]]) -> tuple[dict[int, int], list[tuple[str, dict[str, Any]]]]:
+        """In the caller's transaction, make the tasks' trial rows ``running``; returns number -> attempt and
+        their ``trial_started`` events (the caller appends them, fenced by the lease)."""
+        attempts, started = {}, []
+        for task in tasks:
+            number = int(task["task_id"])
+            attempts[number] = open_trial(s, driver.experiment_id, task, ask_seq=driver.asked.get(number))
+            started.append(("trial_started", json_safe({"number": number, "attempt": attempts[number],
+                                                         "parent_number": task.get("parent_id"),
+                                                         "params": task.get("params", {})})))
+        return attempts, started
+
+    @staticmethod
+    def _hand_out(driver: ExperimentDriver, tasks: list[dict[str, Any]], attempts: dict[int, int]) -> None:
+        """Give committed tasks to the executor."""
+        for task in tasks:
+            driver.asked.pop(int(task["task_id"]), None)
+            driver.submit(task, attempts[int(task["task_id"])])
 
     def _collect(self) -> bool:
         did = False
@@ -367,19 +404,25 @@ class Runner:
         return did
 
     def _record(self, driver: ExperimentDriver, item: Finished) -> None:
+        """Commit a finished trial; the task that takes its slot is opened in the same transaction."""
         exp_id, result, number = driver.experiment_id, item.result, item.number
-        driver.tell(item)
+        told = driver.tell(item)
         attempt = max(item.attempt, count_starts(self.artifacts.trial_dir(exp_id, number)), int(result.attempts))
         best = driver.best()
+        checkpoint = driver.checkpoint() if told is not None and driver.checkpoint_due() else store.UNSET
+        failed_pretrain = number == PRETRAIN_NUMBER and not result.ok
+        tasks = driver.next_tasks(1) if not failed_pretrain and self._has_slot(driver) else []
         with session_scope(self.session_factory) as s:
-            record_finished(s, self.artifacts, exp_id, number=number, attempt=attempt, result=result,
-                            generator_state=driver.state_json(), best=best, previous_best=driver.best_number,
-                            lease_owner=self.owner_id)
-            if number == PRETRAIN_NUMBER and not result.ok:
+            attempts, started = self._open_trials(s, driver, tasks)
+            record_finished(s, self.artifacts, exp_id, number=number, attempt=attempt, result=result, told=told,
+                            generator_state=checkpoint, best=best, previous_best=driver.best_number,
+                            lease_owner=self.owner_id, more_events=started)
+            if failed_pretrain:
                 finish_experiment(s, exp_id, ExperimentState.FAILED, error=f"the pretrain trial failed:\n{result.error}")
         driver.best_number = best.task_id if best is not None else None
-        if number == PRETRAIN_NUMBER and not result.ok:
+        if failed_pretrain:
             self._drop(exp_id, release=False)
+        self._hand_out(driver, tasks, attempts)
 
     def _finish_done(self) -> bool:
         did = False
@@ -396,7 +439,7 @@ class Runner:
         if best is None and not any(r.ok for r in results):
             why = f"all {len(results)} trials failed (see their errors)" if results else "the search ran no trial"
             with session_scope(self.session_factory) as s:
-                store.set_generator_state(s, exp_id, driver.state_json(), lease_owner=self.owner_id)
+                store.set_generator_state(s, exp_id, driver.checkpoint(), lease_owner=self.owner_id)
                 finish_experiment(s, exp_id, ExperimentState.FAILED, error=why)
             self._drop(exp_id, release=False)
             return
@@ -410,7 +453,7 @@ class Runner:
                 logger.warning("experiment %d: exporting the best trial failed", exp_id, exc_info=True)
                 export_error = f"{type(exc).__name__}: {exc}"
         with session_scope(self.session_factory) as s:
-            store.set_generator_state(s, exp_id, driver.state_json(), lease_owner=self.owner_id)
+            store.set_generator_state(s, exp_id, driver.checkpoint(), lease_owner=self.owner_id)
             if best is None:
                 store.append_event(s, exp_id, "log", {"level": "warning", "message":
                                    "no trial satisfies the constraints; there is no best model to export"})
@@ -427,7 +470,7 @@ class Runner:
         driver = self.drivers[exp_id]
         driver.cancel_all()
         with session_scope(self.session_factory) as s:
-            store.set_generator_state(s, exp_id, driver.state_json(), lease_owner=self.owner_id)
+            store.set_generator_state(s, exp_id, driver.checkpoint(), lease_owner=self.owner_id)
             finish_experiment(s, exp_id, ExperimentState.CANCELLED)
         logger.info("experiment %d: cancelled", exp_id)
         self._drop(exp_id, release=False)

@@ -1,17 +1,18 @@
-"""The runner's writes that ``service.store`` does not have as one function.
+"""The runner's writes (and its journal read) that ``service.store`` does not have as one function.
 
 Each function takes the caller's session (the caller owns the transaction, as in
 ``service.store``) and builds on the store's functions; the only direct ORM use is
 :func:`open_trial` replacing a row whose trial runs again after it ended without a result the
-generator saw (see there).
+generator saw (see there), and :func:`load_journal` reads the generator journal off the trial rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -19,11 +20,12 @@ from sqlalchemy.orm import Session
 from service import store
 from service._export import EXPORT_FILES, BestExport
 from service.artifacts import PRETRAIN_NUMBER, ArtifactStore, content_type_for
-from service.models import Artifact, Experiment
+from service.models import Artifact, Experiment, Trial
 from service.states import ExperimentState, TrialState
 
-__all__ = ["cancel_open_trials", "decode_floats", "encode_floats", "finish_experiment", "json_safe", "open_trial",
-           "record_finished", "register_best_export", "requested_sparsity", "timestamp"]
+__all__ = ["JournalEntry", "cancel_open_trials", "decode_floats", "encode_floats", "finish_experiment", "json_safe",
+           "load_journal", "open_trial", "record_finished", "register_best_export", "requested_sparsity", "task_fields",
+           "timestamp"]
 
 _OPEN = (TrialState.PENDING, TrialState.RUNNING)
 
@@ -107,18 +109,27 @@ def requested_sparsity(config_list: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _task_fields(task: Mapping[str, Any]) -> dict[str, Any]:
-    config_list = list(task.get("config_list") or [])
+def task_fields(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial row's ``parent_number``, ``params`` and ``config_list`` of a task (``Task.to_json()``)."""
     return json_safe({
         "parent_number": task.get("parent_id"),
         "params": dict(task.get("params") or {}),
-        "config_list": config_list,
-        "requested_sparsity": requested_sparsity(config_list) if task["task_id"] != PRETRAIN_NUMBER else None,
+        "config_list": list(task.get("config_list") or []),
     })
 
 
-def open_trial(s: Session, experiment_id: int, task: Mapping[str, Any]) -> int:
+def _row_fields(task: Mapping[str, Any]) -> dict[str, Any]:
+    fields = task_fields(task)
+    if task["task_id"] != PRETRAIN_NUMBER:
+        fields["requested_sparsity"] = requested_sparsity(fields["config_list"])
+    return fields
+
+
+def open_trial(s: Session, experiment_id: int, task: Mapping[str, Any], *, ask_seq: int | None = None) -> int:
     """Make the trial row of ``task`` ``running`` for a new attempt; returns the attempt number.
+
+    ``ask_seq`` is the generator call that handed the task out just now (the journal, see
+    ``service.runner_experiment``); a task that runs again keeps the number its row has.
 
     * no row: a new one, attempt 1;
     * ``running``/``pending`` (left by a runner that crashed or stopped): ``running -> pending``
@@ -133,27 +144,60 @@ def open_trial(s: Session, experiment_id: int, task: Mapping[str, Any]) -> int:
             generator and must never run again.
     """
     number = int(task["task_id"])
-    fields = _task_fields(task)
-    row = store.get_trial(s, experiment_id, number)
+    fields = _row_fields(task)
+    # a task the generator just handed out is new: its number never had a row (every task handed out
+    # before is journaled with its row, and replayed on resume, so it is pending, not asked again)
+    row = store.get_trial(s, experiment_id, number) if ask_seq is None else None
     if row is None:
-        return store.upsert_trial(s, experiment_id, number=number, state=TrialState.RUNNING, attempt=1, **fields).attempt
+        return store.upsert_trial(s, experiment_id, number=number, state=TrialState.RUNNING, attempt=1,
+                                  ask_seq=ask_seq, **fields, trial=None).attempt
     if row.state in _OPEN:
         if row.state is TrialState.RUNNING:
-            store.upsert_trial(s, experiment_id, number=number, state=TrialState.PENDING)
+            store.upsert_trial(s, experiment_id, number=number, state=TrialState.PENDING, trial=row)
         trial = store.upsert_trial(s, experiment_id, number=number, state=TrialState.RUNNING, **fields,
-                                   score=None, metrics={}, achieved_sparsity=None, error=None, worker=None)
+                                   score=None, metrics={}, achieved_sparsity=None, error=None, worker=None, trial=row)
         return trial.attempt
     rerun = row.state is TrialState.CANCELLED or (row.state is TrialState.FAILED and number == PRETRAIN_NUMBER)
     if not rerun:
         raise ValueError(f"trial {number} of experiment {experiment_id} is {row.state.value}: it must not run again")
-    attempt = row.attempt + 1
+    attempt, kept_seq = row.attempt + 1, row.ask_seq
     if row.state in (TrialState.SUCCEEDED, TrialState.FAILED):  # it was counted in n_trials; its re-run will be
-        table = Experiment.__table__
+        table = cast(sa.Table, Experiment.__table__)
         s.execute(sa.update(table).where(table.c.id == experiment_id).values(n_trials=table.c.n_trials - 1))
     s.delete(row)
     s.flush()
     return store.upsert_trial(s, experiment_id, number=number, state=TrialState.RUNNING, attempt=attempt,
-                              **fields).attempt
+                              ask_seq=kept_seq, **fields, trial=None).attempt
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """A trial row's part of the generator journal (see ``service.runner_experiment``).
+
+    Attributes:
+        number: the trial (= task id).
+        ask_seq: the call that handed its task out (``None``: not journaled).
+        tell_seq: the call that told its result (``None``: not told, or not journaled).
+        told: the result told, as ``TaskResult.to_json()`` with non-finite floats encoded.
+        task: the task as the row stores it (:func:`task_fields`).
+    """
+
+    number: int
+    ask_seq: int | None
+    tell_seq: int | None
+    told: dict[str, Any] | None
+    task: dict[str, Any]
+
+
+def load_journal(s: Session, experiment_id: int, *, after: int) -> list[JournalEntry]:
+    """The journal entries of the experiment's generator calls numbered ``after`` or later."""
+    t = cast(sa.Table, Trial.__table__)
+    stmt = sa.select(t.c.number, t.c.ask_seq, t.c.tell_seq, t.c.told, t.c.parent_number, t.c.params,
+                     t.c.config_list).where(t.c.experiment_id == experiment_id,
+                                            sa.or_(t.c.ask_seq >= after, t.c.tell_seq >= after))
+    return [JournalEntry(row.number, row.ask_seq, row.tell_seq, row.told,
+                         {"parent_number": row.parent_number, "params": row.params, "config_list": row.config_list})
+            for row in s.execute(stmt)]
 
 
 def record_finished(
@@ -164,17 +208,20 @@ def record_finished(
     number: int,
     attempt: int,
     result: Any,
-    generator_state: dict[str, Any],
+    told: tuple[int, dict[str, Any]] | None,
     best: Any,
     previous_best: int | None,
     lease_owner: str,
+    generator_state: dict[str, Any] | store.Unset = store.UNSET,
+    more_events: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> None:
     """Commit-side of one finished trial (``store.record_trial_result``, fenced by the lease).
 
-    Writes the trial row (``succeeded``/``failed`` with the traceback), the generator's state, the
-    experiment's best (and a ``best_changed`` event when the best trial changed), a
-    ``trial_finished``/``trial_failed`` event, and registers the trial's ``trial.log`` and
-    ``result.json`` as artifacts. ``result`` is a :class:`~workers.trial.TrialResult`; ``best``
+    Writes the trial row (``succeeded``/``failed`` with the traceback; ``told`` is its journal entry,
+    ``(tell_seq, result told)``, ``None`` for the pretrain trial), a checkpoint of the generator when
+    given, the experiment's best (and a ``best_changed`` event when the best trial changed), a
+    ``trial_finished``/``trial_failed`` event followed by ``more_events``, and registers the trial's
+    ``trial.log`` and ``result.json`` as artifacts. ``result`` is a :class:`~workers.trial.TrialResult`; ``best``
     the generator's best :class:`~search.scheduling.TaskResult` after ``tell``.
     """
     if result.ok:
@@ -195,7 +242,9 @@ def record_finished(
         best_fields = {"best_score": best.score}
     store.record_trial_result(
         s, experiment_id, number=number, state=TrialState.SUCCEEDED if result.ok else TrialState.FAILED,
-        generator_state=generator_state, events=[(k, json_safe(d)) for k, d in events], lease_owner=lease_owner,
+        generator_state=generator_state, events=[*((k, json_safe(d)) for k, d in events), *more_events],
+        lease_owner=lease_owner,
+        tell_seq=told[0] if told else None, told=told[1] if told else None,
         attempt=attempt, score=result.score, metrics=json_safe(dict(result.metrics)),
         achieved_sparsity=json_safe(dict(result.sparsity)), error=result.error, worker=result.worker,
         started_at=timestamp(result.started_at), finished_at=timestamp(result.finished_at),

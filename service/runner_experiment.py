@@ -4,8 +4,14 @@
 :class:`workers.local._Search` does for ``run_search`` (the pretrain trial first when the spec gives
 no weights, pending tasks of a resumed search before new ones, one result at a time told to the
 generator), but in small non-blocking pieces the :class:`service.runner.Runner` calls from
-``step()``, and it persists nothing itself: the runner writes :meth:`state_json` into
-``experiments.generator_state`` in the same transaction as each trial row.
+``step()``, and it persists nothing itself.
+
+Its generator is a :class:`JournaledGenerator`: every call that hands out a task or tells a result
+gets a sequence number, which the runner stores on the trial row in the same transaction as the
+row (``ask_seq``; ``tell_seq`` with the exact result told). The generator's full ``state_dict``
+grows with every result, so it is only checkpointed into ``experiments.generator_state`` now and
+then (:meth:`ExperimentDriver.checkpoint_due`); a resumed experiment loads the checkpoint and
+replays the journaled calls after it, ending exactly where the last committed call left it.
 
 Trials run with the runner's trial function (:func:`service.runner_trial.make_trial_fn`) and
 write their artifacts to ``ArtifactStore.trial_dir(experiment_id, number)``.
@@ -13,21 +19,29 @@ write their artifacts to ``ArtifactStore.trial_dir(experiment_id, number)``.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.artifacts import PRETRAIN_NUMBER, ArtifactStore
-from service.runner_db import decode_floats, encode_floats
+from service.runner_db import JournalEntry, decode_floats, encode_floats, task_fields
 
-__all__ = ["DefaultExecutorFactory", "ExecutorFactory", "ExperimentDriver", "Finished", "RUNNER_STATE_VERSION",
-           "StateError"]
+__all__ = ["CHECKPOINT_EVERY_S", "CHECKPOINT_EVERY_TELLS", "DefaultExecutorFactory", "ExecutorFactory",
+           "ExperimentDriver", "Finished", "JournaledGenerator", "RUNNER_STATE_VERSION", "StateError", "checkpoint_seq"]
 
 logger = logging.getLogger(__name__)
 
-#: version of the JSON in ``experiments.generator_state`` written by this module.
-RUNNER_STATE_VERSION = 1
+#: version of the JSON in ``experiments.generator_state`` written by this module (1: a full state
+#: written with every trial, no ``seq``; still read).
+RUNNER_STATE_VERSION = 2
+#: a checkpoint is due after this many results told since the last one...
+CHECKPOINT_EVERY_TELLS = 50
+#: ... or after this many seconds (then at the next result).
+CHECKPOINT_EVERY_S = 30.0
 
 
 class StateError(ValueError):
@@ -109,13 +123,147 @@ class _Running:
     task: dict[str, Any]
 
 
+def checkpoint_seq(state: dict[str, Any] | None) -> int:
+    """How many journaled calls the checkpoint ``state`` contains (the replay starts after them)."""
+    return int(state.get("seq", 0)) if isinstance(state, dict) else 0
+
+
+class JournaledGenerator:
+    """A TaskGenerator whose calls are numbered, so that a checkpoint plus the calls after it rebuild it.
+
+    Each :meth:`ask` that hands out a task and each :meth:`tell` is one call with a sequence number
+    (``seq``). A run of asks that hand out nothing counts as one call too: such an ask may change the
+    generator (AMC learns from the results told since its last ask; annealing opens its next round)
+    and asking again changes nothing more, so it is replayed once. The runner stores the numbers on
+    the trial rows with the rows themselves; :meth:`checkpoint` is the generator's ``state_dict`` with
+    the number of calls it contains.
+
+    A generator built from a checkpoint and the journal replays the calls after the checkpoint in
+    order (a number nobody stored was a run of empty asks) and checks that every replayed ask hands
+    out exactly what the journal says it did: the algorithms are deterministic functions of the
+    calls (their random state is part of ``state_dict``), and one that is not is an error here, not
+    a silently different search.
+
+    Args:
+        generator: a fresh TaskGenerator.
+        state: a checkpoint (``None``: a fresh start).
+        journal: the journal entries of calls from the checkpoint on, in any order.
+        algorithm: the algorithm's name, for error messages.
+
+    Raises:
+        StateError: the checkpoint does not fit, or the replay does not repeat the journal.
+    """
+
+    def __init__(self, generator: Any, state: dict[str, Any] | None, journal: Sequence[JournalEntry] = (), *,
+                 algorithm: str = "") -> None:
+        self.generator = generator
+        self.algorithm = algorithm
+        #: calls made so far (the next call's number)
+        self.seq = 0
+        #: the last call was an ask that handed out nothing
+        self.idle = False
+        if state is not None:
+            self._load(state)
+        self._replay(journal)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if state.get("version") not in (1, RUNNER_STATE_VERSION):
+            raise StateError(f"generator_state: unsupported version {state.get('version')!r} "
+                             f"(this runner reads versions 1 and {RUNNER_STATE_VERSION})")
+        try:
+            self.generator.load_state_dict(decode_floats(state["generator"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"generator_state: does not fit algorithm {self.algorithm!r}: {exc}") from None
+        self.seq = checkpoint_seq(state)
+
+    def _replay(self, journal: Sequence[JournalEntry]) -> None:
+        calls: dict[int, tuple[str, JournalEntry]] = {}
+        for entry in journal:
+            if entry.ask_seq is not None and entry.ask_seq >= self.seq:
+                calls[entry.ask_seq] = ("ask", entry)
+            if entry.tell_seq is not None and entry.tell_seq >= self.seq:
+                calls[entry.tell_seq] = ("tell", entry)
+        end = max(calls, default=self.seq - 1) + 1
+        while self.seq < end:
+            call = calls.get(self.seq)  # None: a run of asks that handed out nothing
+            if call is not None and call[0] == "tell":
+                if call[1].told is None:
+                    raise StateError(f"generator_state: trial {call[1].number} has tell_seq {self.seq} but no result")
+                self._tell(decode_floats(call[1].told))
+                continue
+            asked = self.ask()
+            expected = None if call is None else (call[1].number, call[1].task)
+            if not _same_task(asked, expected):
+                raise StateError(
+                    f"generator_state: replaying call {self.seq - 1} of algorithm {self.algorithm!r} handed out "
+                    f"{_describe(asked)}, but the journal has {_describe(expected)}: the search did not repeat "
+                    "itself from its checkpoint")
+
+    def ask(self) -> tuple[int, dict[str, Any]] | None:
+        """``(task id, task JSON)`` of the next task, or None (nothing to hand out now)."""
+        tasks = self.generator.ask(1)
+        if not tasks:
+            if not self.idle:
+                self.idle = True
+                self.seq += 1
+            return None
+        self.idle = False
+        self.seq += 1
+        return tasks[0].task_id, tasks[0].to_json()
+
+    def tell(self, result: Any) -> tuple[int, dict[str, Any]]:
+        """Tell a ``TaskResult``; returns ``(its call number, the result's JSON as the journal keeps it)``."""
+        return self._tell(result.to_json())
+
+    def _tell(self, told: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        from search.scheduling import TaskResult  # noqa: PLC0415
+
+        self.generator.tell(TaskResult.from_json(told))
+        self.idle = False
+        self.seq += 1
+        return self.seq - 1, encode_floats(told)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What ``experiments.generator_state`` holds: the generator's ``state_dict`` after ``seq`` calls.
+
+        Non-finite floats (a NaN loss as the score) are encoded as ``{"$float": "nan"}``: JSON has no
+        NaN and PostgreSQL's JSONB refuses it; :func:`~service.runner_db.decode_floats` restores them.
+        """
+        return {"version": RUNNER_STATE_VERSION, "seq": self.seq,
+                "generator": encode_floats(self.generator.state_dict())}
+
+
+def _same_task(asked: tuple[int, dict[str, Any]] | None, expected: tuple[int, dict[str, Any]] | None) -> bool:
+    if asked is None or expected is None:
+        return asked is expected
+    stored = json.loads(json.dumps(task_fields(asked[1])))  # as SQL gives it back: string keys, lists
+    return asked[0] == expected[0] and _same_json(stored, expected[1])
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON (numbers by value: PostgreSQL's JSONB may hand ``2.0`` back as ``2``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return bool(a == b)
+
+
+def _describe(task: tuple[int, dict[str, Any]] | None) -> str:
+    return "nothing" if task is None else f"task {task[0]} {task[1]}"
+
+
 class ExperimentDriver:
     """The in-memory side of one experiment a runner drives.
 
     Args:
         experiment_id: the experiment.
         spec: the experiment's validated spec (an :class:`~workers.spec.ExperimentSpec`).
-        generator_state: ``experiments.generator_state`` (``None``: a fresh start).
+        generator_state: ``experiments.generator_state``, the last checkpoint (``None``: none yet).
+        journal: the journal entries from the checkpoint on (``service.runner_db.load_journal``).
         pretrain_done: the pretrain trial (number -1) already succeeded.
         artifacts: where trials write.
         executor_factory: builds this experiment's executor.
@@ -123,7 +271,8 @@ class ExperimentDriver:
         on_progress: ``on_progress(number, event)`` for progress events of running trials.
 
     Raises:
-        StateError: ``generator_state`` is of another version or another algorithm.
+        StateError: ``generator_state`` is of another version or another algorithm, or the journal
+            after it does not replay.
         Exception: whatever building the generator or the executor raises (a bad spec).
     """
 
@@ -133,6 +282,7 @@ class ExperimentDriver:
         spec: Any,
         generator_state: dict[str, Any] | None,
         *,
+        journal: Sequence[JournalEntry] = (),
         pretrain_done: bool,
         artifacts: ArtifactStore,
         executor_factory: ExecutorFactory,
@@ -146,13 +296,13 @@ class ExperimentDriver:
         self.spec = spec
         self.artifacts = artifacts
         self.dummy_input = dummy_input_for(spec.model)
-        self.generator = create_task_generator(
+        generator = create_task_generator(
             spec.algorithm.name, spec.algorithm.params, origin_model=build_model(spec.model, spec.trial.seed),
             config_list=spec.pruner.config_list, best_result_mode=spec.objective.best_result_mode,
             constraints=spec.constraints.to_dict(), dummy_input=self.dummy_input,
         )
-        if generator_state is not None:
-            self._load(generator_state)
+        self.journaled = JournaledGenerator(generator, generator_state, journal, algorithm=spec.algorithm.name)
+        self.generator = generator
         entry = algorithm_entry(spec.algorithm.name)
         self.reset_weight = entry.reset_weight
         defaults = entry.task_pruners(spec.pruner.name) if entry.task_pruners is not None else {}
@@ -161,30 +311,27 @@ class ExperimentDriver:
         self.needs_pretrain = (spec.model.weights is None and spec.trial.pretrain_epochs > 0 and not pretrain_done)
         #: tasks handed out before (a resumed search) that must run again, oldest first
         self.queue: list[dict[str, Any]] = [t.to_json() for t in self.generator.pending()]
+        #: task id -> the call that handed it out, for tasks :meth:`next_tasks` gave and the runner has not stored
+        self.asked: dict[int, int] = {}
         self.running: dict[int, _Running] = {}
         self.exhausted = False  # ask() gave nothing while nothing ran: the search is over
         #: the best trial number the runner last recorded in SQL (``best_changed`` events)
         self.best_number: int | None = None
+        self._told_since_checkpoint = sum(e.tell_seq is not None for e in journal)
+        self._checkpoint_at = time.monotonic()
         self._on_progress = on_progress
         self.executor = executor_factory(spec, trial_fn=trial_fn, on_progress=self._progress)
 
     # -- state ------------------------------------------------------------------------------------------
-    def _load(self, state: dict[str, Any]) -> None:
-        if state.get("version") != RUNNER_STATE_VERSION:
-            raise StateError(f"generator_state: unsupported version {state.get('version')!r} "
-                             f"(this runner reads version {RUNNER_STATE_VERSION})")
-        try:
-            self.generator.load_state_dict(decode_floats(state["generator"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"generator_state: does not fit algorithm {self.spec.algorithm.name!r}: {exc}") from None
+    def checkpoint_due(self) -> bool:
+        """Whether to write a checkpoint with the next result (enough results or time since the last)."""
+        return (self._told_since_checkpoint >= CHECKPOINT_EVERY_TELLS
+                or time.monotonic() - self._checkpoint_at >= CHECKPOINT_EVERY_S)
 
-    def state_json(self) -> dict[str, Any]:
-        """What ``experiments.generator_state`` holds: the generator's ``state_dict`` (versioned).
-
-        Non-finite floats (a NaN loss as the score) are encoded as ``{"$float": "nan"}``: JSON has no
-        NaN and PostgreSQL's JSONB refuses it; :func:`~service.runner_db.decode_floats` restores them.
-        """
-        return {"version": RUNNER_STATE_VERSION, "generator": encode_floats(self.generator.state_dict())}
+    def checkpoint(self) -> dict[str, Any]:
+        """The generator's state for ``experiments.generator_state`` (:meth:`JournaledGenerator.checkpoint`)."""
+        self._told_since_checkpoint, self._checkpoint_at = 0, time.monotonic()
+        return self.journaled.checkpoint()
 
     @property
     def limit(self) -> int:
@@ -204,7 +351,11 @@ class ExperimentDriver:
 
     # -- handing out ------------------------------------------------------------------------------------
     def next_tasks(self, n: int) -> list[dict[str, Any]]:
-        """Up to ``n`` tasks (as JSON) to start now; the caller commits them, then :meth:`submit` s them."""
+        """Up to ``n`` tasks (as JSON) to start now; the caller commits them, then :meth:`submit` s them.
+
+        A task the generator handed out just now has its call number in :attr:`asked` (the trial row
+        keeps it as ``ask_seq``).
+        """
         if n <= 0:
             return []
         if self.needs_pretrain:
@@ -214,8 +365,13 @@ class ExperimentDriver:
 
             return [Task(PRETRAIN_NUMBER, [], params={"pretrain": self.spec.trial.pretrain_epochs}).to_json()]
         take, self.queue = self.queue[:n], self.queue[n:]
-        if len(take) < n and not self.queue:
-            take += [t.to_json() for t in self.generator.ask(n - len(take))]
+        while len(take) < n and not self.queue:
+            call = self.journaled.seq
+            asked = self.journaled.ask()
+            if asked is None:
+                break
+            self.asked[asked[0]] = call
+            take.append(asked[1])
         if not take and not self.running:
             self.exhausted = True
         return take
@@ -244,11 +400,6 @@ class ExperimentDriver:
         handle = self.executor.submit(self.trial_spec(task))
         self.running[handle.id] = _Running(handle, int(task["task_id"]), attempt, task)
 
-    def requeue(self, task: dict[str, Any]) -> None:
-        """Put back a task :meth:`next_tasks` gave out that could not be committed."""
-        if int(task["task_id"]) != PRETRAIN_NUMBER:
-            self.queue.insert(0, task)
-
     # -- results ----------------------------------------------------------------------------------------
     def poll(self, timeout: float = 0.0) -> list[Finished]:
         """Trials that finished (an in-process executor runs one inside this call)."""
@@ -259,13 +410,15 @@ class ExperimentDriver:
                 out.append(Finished(run.number, run.attempt, result, run.task))
         return out
 
-    def tell(self, finished: Finished) -> None:
-        """Feed a finished trial to the generator (the pretrain trial goes nowhere but ``needs_pretrain``)."""
+    def tell(self, finished: Finished) -> tuple[int, dict[str, Any]] | None:
+        """Feed a finished trial to the generator; returns ``(tell_seq, told)`` for its row (``None`` for the
+        pretrain trial, which goes nowhere but ``needs_pretrain``)."""
         if finished.number == PRETRAIN_NUMBER:
             if finished.result.ok:
                 self.needs_pretrain = False
-            return
-        self.generator.tell(finished.result.to_task_result())
+            return None
+        self._told_since_checkpoint += 1
+        return self.journaled.tell(finished.result.to_task_result())
 
     def _progress(self, handle: Any, event: dict[str, Any]) -> None:
         run = self.running.get(handle.id)

@@ -36,12 +36,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from service.models import Event, Experiment, Trial, utcnow
-from service.pagination import Page, SortKey, keyset_page
+from service.pagination import Page, SortKey, keyset_page, parse_sort
 from service.states import ExperimentState, TrialState, check_transition
 
 __all__ = [
@@ -50,9 +51,11 @@ __all__ = [
     "NotFoundError",
     "Unset",
     "append_event",
+    "append_events",
     "best_trial",
     "claim_experiment",
     "claimable_experiments",
+    "count_trials",
     "events_after",
     "get_trial",
     "get_trials",
@@ -63,6 +66,8 @@ __all__ = [
     "renew_lease",
     "set_generator_state",
     "sync_experiment",
+    "trial_rows",
+    "trials_stamp",
     "upsert_trial",
 ]
 
@@ -101,6 +106,8 @@ _TRIAL_SORTS = {
     "duration_s": SortKey(Trial.duration_s, float, nullable=True),
 }
 _EXP = cast(sa.Table, Experiment.__table__)
+#: built once: every listed page runs it (a statement built per call costs more than SQLite running it)
+_STAMP = sa.select(_EXP.c.created_at, _EXP.c.trials_version).where(_EXP.c.id == sa.bindparam("experiment_id"))
 
 
 def sync_experiment(
@@ -159,18 +166,55 @@ def append_event(s: Session, experiment_id: int, kind: str, data: dict[str, Any]
         NotFoundError: no such experiment.
         ValueError: ``kind`` or ``data`` malformed (message names the argument).
     """
-    if not isinstance(kind, str) or not kind or len(kind) > 64:
-        raise ValueError(f"kind: must be a non-empty string of at most 64 chars, got {kind!r}")
-    if not isinstance(data, dict):
-        raise ValueError(f"data: must be a JSON object, got {type(data).__name__}")
-    s.flush()
-    locked = s.execute(sa.select(_EXP.c.id).where(_EXP.c.id == experiment_id).with_for_update()).first()
-    if locked is None:
-        raise NotFoundError(f"experiment {experiment_id} not found")
+    _check_event(kind, data)
+    _lock_experiment(s, experiment_id)
     event = Event(experiment_id=experiment_id, kind=kind, data=data)
     s.add(event)
     s.flush()
     return event
+
+
+def append_events(
+    s: Session, experiment_id: int, events: Sequence[tuple[str, dict[str, Any]]], *, lease_owner: str | None = None
+) -> None:
+    """Append ``(kind, data)`` events in order, locking the experiment row once (see :func:`append_event`).
+
+    With ``lease_owner``, the lock is a conditional ``UPDATE`` that only matches while this owner
+    holds the lease, like :func:`record_trial_result` (else :class:`LeaseLost`): the runner opens
+    each trial this way, so a runner that lost its lease cannot start one. (On SQLite a ``SELECT``
+    would not do: the write lock is only taken at a transaction's first write.)
+
+    Raises:
+        LeaseLost, NotFoundError, ValueError (a malformed event).
+    """
+    for kind, data in events:
+        _check_event(kind, data)
+    if lease_owner is None:
+        _lock_experiment(s, experiment_id)
+    elif not _update_experiment(s, experiment_id, {}, where=[_EXP.c.lease_owner == lease_owner]):
+        _raise_missing_or_lost(s, experiment_id, lease_owner)
+    _insert_events(s, experiment_id, events)
+
+
+def _lock_experiment(s: Session, experiment_id: int) -> None:
+    s.flush()
+    locked = s.execute(sa.select(_EXP.c.id).where(_EXP.c.id == experiment_id).with_for_update()).first()
+    if locked is None:
+        raise NotFoundError(f"experiment {experiment_id} not found")
+
+
+def _insert_events(s: Session, experiment_id: int, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """One ``INSERT`` of the events, in order (the caller holds the experiment row's lock)."""
+    if events:
+        rows = [{"experiment_id": experiment_id, "kind": kind, "data": data} for kind, data in events]
+        s.execute(sa.insert(cast(sa.Table, Event.__table__)), rows)
+
+
+def _check_event(kind: str, data: dict[str, Any]) -> None:
+    if not isinstance(kind, str) or not kind or len(kind) > 64:
+        raise ValueError(f"kind: must be a non-empty string of at most 64 chars, got {kind!r}")
+    if not isinstance(data, dict):
+        raise ValueError(f"data: must be a JSON object, got {type(data).__name__}")
 
 
 def events_after(s: Session, experiment_id: int, after_id: int = 0, limit: int = 500) -> list[Event]:
@@ -198,15 +242,24 @@ def _parse_trial_states(states: Iterable[TrialState | str]) -> list[TrialState]:
     return out
 
 
+def _trial_filters(experiment_id: int, states: Sequence[TrialState | str] | None) -> list[sa.ColumnElement[bool]]:
+    filters: list[sa.ColumnElement[bool]] = [Trial.experiment_id == experiment_id]
+    if states is not None:
+        filters.append(Trial.state.in_(_parse_trial_states(states)))
+    return filters
+
+
 def list_trials(
-    s: Session,
+    s: Session | Connection,
     experiment_id: int,
     *,
     states: Sequence[TrialState | str] | None = None,
     sort: str = "number",
     limit: int = 50,
     cursor: str | None = None,
-) -> Page[Trial]:
+    keys_only: bool = False,
+    count: int | None = None,
+) -> Page[Any]:
     """A page of the experiment's trials.
 
     Args:
@@ -216,11 +269,38 @@ def list_trials(
         limit: page size, 1..1000.
         cursor: ``next_cursor`` of the previous page (same filters and sort); bad →
             ``ValueError("cursor: ...")``.
+        keys_only: the items are ``(id, <sort key>)`` rows, not ``Trial`` objects (read from the
+            sort's index alone; fetch what is not cached with :func:`trial_rows`).
+        count: the total when the caller knows it (:func:`count_trials`), saving that query.
     """
-    filters: list[sa.ColumnElement[bool]] = [Trial.experiment_id == experiment_id]
-    if states is not None:
-        filters.append(Trial.state.in_(_parse_trial_states(states)))
-    return keyset_page(s, Trial, filters=filters, sort=sort, keys=_TRIAL_SORTS, limit=limit, cursor=cursor)
+    columns = (Trial.id, parse_sort(sort, _TRIAL_SORTS)[1].column) if keys_only else None
+    return keyset_page(s, Trial, filters=_trial_filters(experiment_id, states), sort=sort, keys=_TRIAL_SORTS,
+                       limit=limit, cursor=cursor, columns=columns, count=count)
+
+
+def count_trials(
+    s: Session | Connection, experiment_id: int, *, states: Sequence[TrialState | str] | None = None
+) -> int:
+    """How many trials the experiment has (in these states)."""
+    stmt = sa.select(sa.func.count()).select_from(Trial).where(*_trial_filters(experiment_id, states))
+    return int(s.scalar(stmt) or 0)
+
+
+def trial_rows(s: Session | Connection, ids: Sequence[int], columns: Sequence[str]) -> list[Any]:
+    """The trials with these primary keys as rows of ``id`` and ``columns`` (names of ``trials`` columns)."""
+    table = cast(sa.Table, Trial.__table__)
+    return list(s.execute(sa.select(table.c.id, *(table.c[name] for name in columns)).where(table.c.id.in_(ids))))
+
+
+def trials_stamp(s: Session | Connection, experiment_id: int) -> tuple[dt.datetime, int] | None:
+    """``(created_at, trials_version)`` of the experiment, or None if there is none.
+
+    It changes whenever one of the experiment's trials is written (database triggers bump
+    ``trials_version``), and ``created_at`` tells a re-used id apart: whatever was derived from the
+    trials under one stamp stays valid exactly as long as the stamp does.
+    """
+    row = s.execute(_STAMP, {"experiment_id": experiment_id}).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 def get_trial(s: Session, experiment_id: int, number: int) -> Trial | None:
@@ -274,6 +354,10 @@ def upsert_trial(
     started_at: dt.datetime | None | Unset = UNSET,
     finished_at: dt.datetime | None | Unset = UNSET,
     duration_s: float | None | Unset = UNSET,
+    ask_seq: int | None | Unset = UNSET,
+    tell_seq: int | None | Unset = UNSET,
+    told: dict[str, Any] | None | Unset = UNSET,
+    trial: Trial | None | Unset = UNSET,
 ) -> Trial:
     """Insert or update the trial ``(experiment_id, number)`` (pending/running rows, or any state).
 
@@ -282,10 +366,12 @@ def upsert_trial(
     ``finished_at`` and ``duration_s`` on entering a terminal state; ``attempt + 1`` and cleared
     timings on ``running -> pending`` (a retry). A non-finite ``score`` is stored as NULL;
     ``flops_ratio`` is copied from ``metrics["flops_ratio"]``. Does NOT touch the experiment row
-    (use :func:`record_trial_result` for finished trials).
+    (use :func:`record_trial_result` for finished trials). ``ask_seq``/``tell_seq``/``told`` are the
+    runner's generator journal (``service.runner_experiment``). ``trial``: the row if the caller
+    just read it (``None``: it knows there is none), saving the lookup.
     """
-    trial, _ = _upsert(s, experiment_id, number=number, state=TrialState(state), fields=locals())
-    return trial
+    row, _ = _upsert(s, experiment_id, number=number, state=TrialState(state), fields=locals(), trial=trial)
+    return row
 
 
 _TRIAL_FIELDS = (
@@ -302,16 +388,21 @@ _TRIAL_FIELDS = (
     "started_at",
     "finished_at",
     "duration_s",
+    "ask_seq",
+    "tell_seq",
+    "told",
 )
 
 
 def _upsert(
-    s: Session, experiment_id: int, *, number: int, state: TrialState, fields: Mapping[str, Any]
+    s: Session, experiment_id: int, *, number: int, state: TrialState, fields: Mapping[str, Any],
+    trial: Trial | None | Unset = UNSET,
 ) -> tuple[Trial, TrialState | None]:
     given = {k: fields[k] for k in _TRIAL_FIELDS if k in fields and fields[k] is not UNSET}
     if isinstance(number, bool) or not isinstance(number, int):
         raise ValueError(f"number: must be an integer, got {number!r}")
-    trial = get_trial(s, experiment_id, number)
+    if isinstance(trial, Unset):
+        trial = get_trial(s, experiment_id, number)
     previous = trial.state if trial is not None else None
     if trial is None:
         trial = Trial(experiment_id=experiment_id, number=number, state=state, attempt=1, params={}, metrics={})
@@ -350,7 +441,7 @@ def record_trial_result(
     *,
     number: int,
     state: TrialState,
-    generator_state: dict[str, Any] | None,
+    generator_state: dict[str, Any] | None | Unset = UNSET,
     events: Sequence[tuple[str, dict[str, Any]]] = (),
     best_number: int | None | Unset = UNSET,
     best_score: float | None | Unset = UNSET,
@@ -362,12 +453,14 @@ def record_trial_result(
 
     One call = everything that must commit together for a crash to lose or repeat nothing:
 
-    1. the experiment row: ``generator_state`` (the TaskGenerator's ``state_dict`` after ``tell`` +
-       runner bookkeeping), ``n_trials`` (+1 when the trial enters ``succeeded``/``failed`` for the
-       first time), and ``best_trial_number``/``best_score``/``best_flops_ratio`` when given (the
-       caller decides the best by the objective's mode; ``UNSET`` = unchanged);
+    1. the experiment row: ``generator_state`` when given (a checkpoint of the TaskGenerator after
+       ``tell`` + runner bookkeeping; ``UNSET`` = unchanged), ``n_trials`` (+1 when the trial enters
+       ``succeeded``/``failed`` for the first time), and ``best_trial_number``/``best_score``/
+       ``best_flops_ratio`` when given (the caller decides the best by the objective's mode;
+       ``UNSET`` = unchanged);
     2. the trial row, upserted by ``(experiment id, number)`` like :func:`upsert_trial`
-       (``trial_fields`` are its keyword arguments: score, metrics, params, error, ...);
+       (``trial_fields`` are its keyword arguments: score, metrics, params, error, ``tell_seq`` and
+       ``told`` of the runner's journal, ...);
     3. ``events``, appended in order, as ``(kind, data)`` pairs.
 
     Args:
@@ -380,6 +473,8 @@ def record_trial_result(
     unknown = set(trial_fields) - set(_TRIAL_FIELDS)
     if unknown:
         raise TypeError(f"record_trial_result: unknown trial field(s) {sorted(unknown)}")
+    for kind, data in events:
+        _check_event(kind, data)
     state = TrialState(state)
     experiment_id = _exp_id(exp)
     existing = get_trial(s, experiment_id, number)
@@ -387,7 +482,7 @@ def record_trial_result(
         check_transition(existing.state, state)  # before any write
     newly_finished = state in _FINISHED and (existing is None or existing.state not in _FINISHED)
 
-    values: dict[str, Any] = {"generator_state": generator_state}
+    values: dict[str, Any] = {} if isinstance(generator_state, Unset) else {"generator_state": generator_state}
     if newly_finished:
         values["n_trials"] = _EXP.c.n_trials + 1
     for key, value in (
@@ -401,9 +496,8 @@ def record_trial_result(
     obj = exp if isinstance(exp, Experiment) else None
     if not _update_experiment(s, experiment_id, values, where=where, obj=obj):
         _raise_missing_or_lost(s, experiment_id, lease_owner)
-    trial, _ = _upsert(s, experiment_id, number=number, state=state, fields=trial_fields)
-    for kind, data in events:
-        append_event(s, experiment_id, kind, data)
+    trial, _ = _upsert(s, experiment_id, number=number, state=state, fields=trial_fields, trial=existing)
+    _insert_events(s, experiment_id, events)  # the UPDATE above holds the experiment row's lock
     return trial
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service import store
 from service.artifacts import ArtifactStore
@@ -61,14 +62,26 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 
 
-def authorize(
+async def authorize(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> ApiToken | None:
-    """The caller's token (``None`` if none was needed); 401/403 as :mod:`service.auth` describes."""
+    """The caller's token (``None`` if none was needed); 401/403 as :mod:`service.auth` describes.
+
+    Every route runs this, so a request that needs no token (a read, unless ``auth_read``) is
+    answered here in the event loop: no session, no hop to the thread pool. A token is checked in
+    the thread pool, in a session of its own (``authenticate`` commits its ``last_used_at``).
+    """
     policy: AuthPolicy = request.app.state.auth_policy
-    return authenticate(session, request.headers.get("authorization"), required=policy.needs_token(request.method))
+    if not policy.needs_token(request.method):
+        return None
+    header = request.headers.get("authorization")
+    return await run_in_threadpool(_authenticate, request.app.state.session_factory, header)
+
+
+def _authenticate(session_factory: Any, authorization: str | None) -> ApiToken | None:
+    with session_factory() as session:
+        return authenticate(session, authorization, required=True)  # type: ignore[no-any-return]
 
 
 CurrentToken = Annotated[ApiToken | None, Depends(authorize)]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from service.states import ExperimentState
+from service import store
+from service.db import session_scope
+from service.models import Trial, utcnow
+from service.schemas import Page, TrialPublic
+from service.states import ExperimentState, TrialState
 from tests.service.api_helpers import add_export, errors_at, insert_experiment, insert_trials, make_app
 
 API = "/api/v1"
@@ -74,6 +80,48 @@ def test_trials_filter_by_state(app: Any, client: TestClient) -> None:
     assert page["data"][0]["error"].startswith("Traceback")
     both = client.get(f"{API}/experiments/{exp}/trials", params={"state": ["failed", "succeeded"]}).json()
     assert both["count"] == 5
+
+
+def test_a_listed_page_is_never_stale_after_a_trial_is_written(app: Any, client: TestClient) -> None:
+    """Pages are served from a cache keyed on the experiment's trials version, which every write bumps."""
+    exp = insert_experiment(app, state=ExperimentState.RUNNING)
+    insert_trials(app, exp, 6)
+    url = f"{API}/experiments/{exp}/trials"
+
+    def page(**params: Any) -> dict[str, Any]:
+        body = client.get(url, params={"limit": 3, "sort": "-score", **params}).json()
+        return {"count": body["count"], "scores": [(t["number"], t["score"]) for t in body["data"]],
+                "next_cursor": body["next_cursor"]}
+
+    first = page()
+    second = page(cursor=first["next_cursor"])
+    assert page() == first and page(cursor=first["next_cursor"]) == second  # served again (from the cache)
+    with session_scope(app.state.session_factory) as s:  # through the store
+        store.upsert_trial(s, exp, number=1, state=TrialState.SUCCEEDED, score=0.99)
+    assert page()["scores"][0] == (1, 0.99) and page()["count"] == 6
+    with session_scope(app.state.session_factory) as s:  # and behind its back: raw SQL
+        s.execute(sa.text("UPDATE trials SET score = 0.995 WHERE experiment_id = :e AND number = 4"), {"e": exp})
+        s.execute(sa.insert(Trial.__table__), [{"experiment_id": exp, "number": 9, "attempt": 1, "params": {},
+                                                "metrics": {}, "state": "pending", "created_at": utcnow()}])
+    assert page()["scores"][0] == (4, 0.995) and page()["count"] == 7
+    with session_scope(app.state.session_factory) as s:
+        s.execute(sa.delete(Trial).where(Trial.experiment_id == exp, Trial.number == 9))
+    assert page()["count"] == 6
+
+
+def test_the_trial_list_is_exactly_what_the_response_model_would_write(app: Any, client: TestClient) -> None:
+    """The list route writes its JSON itself; it must equal FastAPI's (pydantic) rendering, field by field."""
+    exp = insert_experiment(app, state=ExperimentState.RUNNING)
+    insert_trials(app, exp, 5, failed=(2,))
+    with session_scope(app.state.session_factory) as s:
+        store.upsert_trial(s, exp, number=7, state=TrialState.RUNNING, params={"x": [1, 2.5]}, worker="héllo\u2028")
+        rows = store.get_trials(s, exp)
+    expected = Page[TrialPublic](data=[TrialPublic.model_validate(t) for t in rows], count=len(rows), next_cursor=None)
+    response = client.get(f"{API}/experiments/{exp}/trials", params={"limit": 50})
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == json.loads(expected.model_dump_json())
+    assert [list(t) for t in response.json()["data"]] == [list(TrialPublic.model_fields)] * len(rows)
+    assert response.json()["data"][-1]["started_at"].endswith("Z")  # aware UTC as pydantic writes it
 
 
 def test_trials_of_unknown_experiment_and_bad_queries(sqlite_client: TestClient) -> None:

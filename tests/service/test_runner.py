@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import torch
 
-from service import store
+from service import runner_experiment, store
 from service.artifacts import ArtifactStore
 from service.db import session_scope
-from service.models import utcnow
+from service.models import Trial, utcnow
 from service.runner import Runner, RunnerOptions
 from service.settings import Settings
 from service.states import ExperimentState as ES
@@ -147,7 +148,10 @@ def test_an_experiment_runs_to_the_end_and_exports_the_best_model(session_factor
     assert (exp.best_trial_number, exp.best_score) == (best.number, best.score)
     assert exp.best_flops_ratio == pytest.approx(best.metrics["flops_ratio"])
     assert rows[1].parent_number == 0 and rows[1].achieved_sparsity and rows[1].requested_sparsity
-    assert exp.generator_state["version"] == 1 and len(exp.generator_state["generator"]["results"]) == 2
+    # the journal: ask 0, tell 0, ask 1, tell 1, then an ask that found the search over; the final checkpoint has all
+    assert [(rows[n].ask_seq, rows[n].tell_seq) for n in (0, 1)] == [(0, 1), (2, 3)]
+    assert exp.generator_state["version"] == 2 and exp.generator_state["seq"] == 5
+    assert len(exp.generator_state["generator"]["results"]) == 2
 
     kinds = [k for k, _ in events(session_factory, exp_id)]
     assert kinds[0] == "experiment_state" and kinds[-1] == "experiment_state"
@@ -242,6 +246,42 @@ def test_a_crashed_runners_experiment_is_taken_over_and_ends_like_an_uninterrupt
     assert (exp.best_trial_number, exp.best_score) == (reference.best_trial_number, reference.best_score)
     assert [rows[n].score for n in range(3)] == [trials(session_factory, straight_id)[n].score for n in range(3)]
     assert exp.n_trials == reference.n_trials
+
+
+def test_a_takeover_replays_the_journal_after_the_last_checkpoint_and_ends_like_an_uninterrupted_run(
+        session_factory, tmp_path, origin_weights, monkeypatch):
+    monkeypatch.setattr(runner_experiment, "CHECKPOINT_EVERY_TELLS", 2)
+    # simulated annealing: rounds of candidates, a random state and decisions, all in the generator's state
+    spec = spec_dict(origin_weights, algorithm={"name": "simulated_annealing", "neighbours_per_temperature": 3,
+                                                "cool_down_rate": 0.5, "max_trials": 7})
+    straight_id = submit(session_factory, spec)
+    run_to_idle(make_runner(session_factory, tmp_path, owner="straight", slots=1))
+    crashed_id = submit(session_factory, spec)
+
+    first = Counter(fail={5: Crash()})
+    with pytest.raises(Crash):
+        run_to_idle(make_runner(session_factory, tmp_path, owner="runner-a", slots=1, trial_fn=first))
+    checkpoint, rows = experiment(session_factory, crashed_id).generator_state, trials(session_factory, crashed_id)
+    assert checkpoint["seq"] > 0 and any(t.tell_seq is not None and t.tell_seq >= checkpoint["seq"]
+                                         for t in rows.values())  # results told after the last checkpoint
+    finished_before = {n: t.finished_at for n, t in rows.items() if t.state is TS.SUCCEEDED}
+
+    second = Counter()
+    run_to_idle(make_runner(session_factory, tmp_path, owner="runner-b", slots=1, trial_fn=second,
+                            clock=lambda: utcnow() + dt.timedelta(hours=1)))
+    exp, rows, reference = (experiment(session_factory, crashed_id), trials(session_factory, crashed_id),
+                            trials(session_factory, straight_id))
+    assert exp.state is ES.SUCCEEDED and sorted(rows) == sorted(reference) == list(range(7))
+    assert {n: rows[n].finished_at for n in finished_before} == finished_before  # no finished trial ran again
+    assert first.numbers(crashed_id) + second.numbers(crashed_id) == {n: 2 if n == 5 else 1 for n in range(7)}
+    assert [(t.params, t.config_list, t.score) for _, t in sorted(rows.items())] == [
+        (t.params, t.config_list, t.score) for _, t in sorted(reference.items())]
+    straight = experiment(session_factory, straight_id)
+    assert (exp.best_trial_number, exp.best_score, exp.n_trials) == (
+        straight.best_trial_number, straight.best_score, straight.n_trials)
+    same = ("tasks", "rng", "algo", "next_id")  # results differ only in their artifact folders (other experiment ids)
+    assert {k: exp.generator_state["generator"][k] for k in same} == {
+        k: straight.generator_state["generator"][k] for k in same}
 
 
 def test_a_runner_that_lost_its_lease_writes_nothing_more(session_factory, tmp_path, origin_weights):
@@ -455,8 +495,10 @@ def test_a_nan_score_is_stored_and_survives_a_takeover(session_factory, tmp_path
     spec["objective"] = {"metric": "loss", "best_result_mode": "minimize"}
     exp_id = submit(session_factory, spec)
     make_runner(session_factory, tmp_path, owner="first", slots=1, trial_fn=diverging).step()
-    state = experiment(session_factory, exp_id).generator_state  # JSON (and JSONB) have no NaN
-    assert [r["score"] for r in state["generator"]["results"]] == [{"$float": "nan"}]
+    assert experiment(session_factory, exp_id).generator_state is None  # no checkpoint yet: the takeover replays
+    with session_factory() as s:  # the journal keeps the NaN the generator was told (JSON and JSONB have none)
+        told = s.execute(sa.select(Trial.told).where(Trial.experiment_id == exp_id, Trial.number == 0)).scalar_one()
+    assert told["score"] == told["metrics"]["loss"] == {"$float": "nan"}
     run_to_idle(make_runner(session_factory, tmp_path, owner="second", slots=1,
                             clock=lambda: utcnow() + dt.timedelta(hours=1)))
     exp, rows = experiment(session_factory, exp_id), trials(session_factory, exp_id)

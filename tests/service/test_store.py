@@ -50,7 +50,34 @@ def test_migration_creates_exactly_the_orm_schema(session_factory):
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
     assert diff == []
-    assert version == ["0001"]
+    assert version == ["0002"]
+
+
+def _trials_version(s: Session, exp_id: int) -> int:
+    return s.execute(sa.select(Experiment.trials_version).where(Experiment.id == exp_id)).scalar_one()
+
+
+def test_trials_version_changes_with_every_trial_write_whoever_writes(session_factory):
+    """The database maintains it (triggers), so Core inserts and raw SQL bump it too; other experiments keep theirs."""
+    with db.session_scope(session_factory) as s:
+        exp_id, other_id = new_experiment(s).id, new_experiment(s).id
+    seen = []
+    writes = [
+        lambda s: store.upsert_trial(s, exp_id, number=0, state=TS.RUNNING),
+        lambda s: store.upsert_trial(s, exp_id, number=0, state=TS.SUCCEEDED, score=0.5),
+        lambda s: s.execute(sa.insert(Trial.__table__), [
+            {"experiment_id": exp_id, "number": n, "attempt": 1, "state": "pending", "params": {}, "metrics": {},
+             "created_at": T0} for n in (1, 2)]),
+        lambda s: s.execute(sa.text("UPDATE trials SET worker = 'w' WHERE number = 1")),
+        lambda s: s.execute(sa.delete(Trial).where(Trial.number == 2)),
+    ]
+    for write in writes:
+        with db.session_scope(session_factory) as s:
+            write(s)
+        with session_factory() as s:
+            seen.append(_trials_version(s, exp_id))
+            assert _trials_version(s, other_id) == 0
+    assert seen == sorted(set(seen)) and seen[0] > 0  # strictly increasing
 
 
 def _upgrade_in_child(url: str, start: multiprocessing.synchronize.Event) -> None:
@@ -70,7 +97,7 @@ def test_upgrade_is_safe_when_two_processes_start_at_once(db_url):
     assert [p.exitcode for p in procs] == [0, 0]
     engine = db.make_engine(db_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
         assert set(Base.metadata.tables) <= set(sa.inspect(conn).get_table_names())
     engine.dispose()
 
@@ -92,6 +119,17 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(session_factor
     with engine.connect() as conn:
         pragma = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("journal_mode", "busy_timeout", "foreign_keys")}
     assert pragma == {"journal_mode": "wal", "busy_timeout": db.SQLITE_BUSY_TIMEOUT_MS, "foreign_keys": 1}
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_read_gets_a_fresh_connection_when_its_pooled_one_died(session_factory):
+    """``db.read`` skips the pre-ping round trip: a connection the server killed is replaced on first use."""
+    backend_pid = "SELECT pg_backend_pid()"
+    first = db.read(session_factory, lambda conn: conn.exec_driver_sql(backend_pid).scalar())
+    with session_factory() as s:  # the server ends the pooled connection (as a restart would)
+        assert s.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar()
+    second = db.read(session_factory, lambda conn: conn.exec_driver_sql(backend_pid).scalar())
+    assert second != first
 
 
 def test_timestamps_round_trip_as_aware_utc(session_factory):
