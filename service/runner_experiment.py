@@ -378,7 +378,7 @@ class ExperimentDriver:
 
     def trial_spec(self, task: dict[str, Any]) -> Any:
         """The :class:`~workers.spec.TrialSpec` of ``task`` (artifacts in the store's trial folder)."""
-        from workers.spec import ModelSpec, TrialSpec  # noqa: PLC0415
+        from workers.spec import ModelSpec, TrialSpec, rewinds  # noqa: PLC0415
         from workers.trial import WEIGHTS_FILE  # noqa: PLC0415
 
         spec = self.spec
@@ -392,7 +392,7 @@ class ExperimentDriver:
             task=task, artifact_dir=str(self.artifacts.trial_dir(self.experiment_id, int(task["task_id"]))),
             parent_artifact=str(self.artifacts.trial_dir(self.experiment_id, parent)) if parent is not None else None,
             settings=spec.trial, objective_metric=spec.objective.metric, num_threads=spec.resources.num_threads,
-            task_pruners=self.task_pruners, reset_weight=self.reset_weight and parent is not None,
+            task_pruners=self.task_pruners, reset_weight=rewinds(self.reset_weight, task),
         )
 
     def submit(self, task: dict[str, Any], attempt: int) -> None:
