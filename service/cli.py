@@ -440,13 +440,14 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
                         help="global limit of running trials (env PRUNESEARCH_MAX_CONCURRENT_TRIALS)")
     parser.add_argument("--no-runner", action="store_true",
                         help="serve the API only; experiments are run by other processes (python -m service.runner)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="API worker processes (default 1). Each runs its own experiment runner unless --no-runner; "
+                             "runners share the work through database leases")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
-def serve_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Any:
-    """The server's :class:`~service.settings.Settings`: the environment, overridden by the flags."""
-    from service.settings import Settings  # noqa: PLC0415
-
+def serve_env(args: argparse.Namespace, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the server's settings are read from: ``env`` (default ``os.environ``) plus the flags."""
     env = dict(os.environ if env is None else env)
     for flag, name in (("db_url", "DATABASE_URL"), ("data_dir", "DATA_DIR"), ("artifacts_dir", "ARTIFACTS_DIR"),
                        ("ray_address", "RAY_ADDRESS"), ("max_concurrent_trials", "MAX_CONCURRENT_TRIALS")):
@@ -455,12 +456,22 @@ def serve_settings(args: argparse.Namespace, env: dict[str, str] | None = None) 
             env[f"PRUNESEARCH_{name}"] = str(value)
     if getattr(args, "no_runner", False):
         env["PRUNESEARCH_RUNNER"] = "off"
-    return Settings.from_env(env)
+    return env
+
+
+def serve_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Any:
+    """The server's :class:`~service.settings.Settings`: the environment, overridden by the flags."""
+    from service.settings import Settings  # noqa: PLC0415
+
+    return Settings.from_env(serve_env(args, env))
 
 
 def _serve(args: argparse.Namespace) -> int:
     from service.settings import SettingsError  # noqa: PLC0415
 
+    if args.workers < 1:
+        _err(f"--workers must be at least 1, got {args.workers}")
+        return 2
     try:
         settings = serve_settings(args)
     except SettingsError as exc:
@@ -484,6 +495,15 @@ def _serve(args: argparse.Namespace) -> int:
          f"{make_url(settings.database_url).render_as_string(hide_password=True)}, artifacts {settings.artifacts_dir}, "
          f"runner {'on' if settings.runner else 'off'}, trials on {settings.ray_address or 'this process'})",
          sys.stderr)
+    if args.workers > 1:  # worker processes build their own app from the environment (checked above)
+        if args.port == 0:
+            _err("--workers needs a fixed --port")
+            return 2
+        os.environ.update(serve_env(args))
+        del app
+        uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    log_level=args.log_level, proxy_headers=True)
+        return 0
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
     server = uvicorn.Server(config)
     server.run()

@@ -282,13 +282,14 @@ def test_token_commands_read_the_database_url_from_the_environment(capsys: pytes
 # -- serve -----------------------------------------------------------------------------------------------------
 
 
-def test_serve_runs_the_api_until_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_runs_the_api_until_sigterm(tmp_path: Path, workers: int) -> None:
     port = closed_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNESEARCH_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--db-url",
          f"sqlite:///{tmp_path / 'served.db'}", "--artifacts-dir", str(tmp_path / "art"), "--no-runner",
-         "--log-level", "info"],
+         "--log-level", "info", "--workers", str(workers)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -312,8 +313,12 @@ def test_serve_runs_the_api_until_sigterm(tmp_path: Path) -> None:
     assert "Application shutdown complete" in err
     assert (tmp_path / "served.db").exists()
     assert "runner off" in err and str(tmp_path / "art") in err
+    # the flags reach every worker process (each opened the database given by --db-url)
+    assert err.count("Started server process") == workers, err
 
 
 def test_serve_rejects_a_bad_setting_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "serve", "--max-concurrent-trials", "0")
     assert code == 2 and "PRUNESEARCH_MAX_CONCURRENT_TRIALS" in err
+    code, _, err = run(capsys, "serve", "--workers", "0")
+    assert code == 2 and "--workers" in err
