@@ -827,3 +827,94 @@ def test_a_module_refusing_its_new_tensors_is_rolled_back(monkeypatch: pytest.Mo
     with pytest.raises(SpeedupError, match="restored"):
         ModelSpeedup(model, x, masks).speedup_model()
     _assert_unchanged(model, snapshot)
+
+
+# -- shape-only tracing and speedup without the verification run ------------------------------------------------
+
+
+def _light_cases() -> list[str]:
+    return [name for name, case in CASES.items() if not case.heavy] + ["resnet18", "mobilenet_v2"]
+
+
+@pytest.mark.parametrize("name", _light_cases())
+def test_shape_only_trace_records_what_a_real_run_records(name: str) -> None:
+    """The meta-device recording (with its shortcuts for norms, activations and elementwise arithmetic)
+    gives every node the shape and dtype, and the model the FLOP count, that running it gives."""
+    from search.speedup.trace import trace_model  # noqa: PLC0415
+
+    model, x = CASES[name].build()
+    real = trace_model(model, x, shapes_only=False)
+    shapes = trace_model(model, x, shapes_only=True)
+    assert shapes.method == real.method
+    assert shapes.flops == real.flops > 0
+    assert shapes.counted == real.counted
+
+    def summary(values: dict[str, Any]) -> dict[str, Any]:
+        def one(t: Any) -> Any:
+            if isinstance(t, Tensor):
+                return tuple(t.shape), t.dtype
+            return "a device" if isinstance(t, torch.device) else t  # x.device reads meta on the meta run
+
+        return {k: torch.fx.node.map_aggregate(v, one) for k, v in values.items()}
+
+    assert summary(shapes.values) == summary(real.values)
+    # the model's own tensors are real again (a meta tensor left behind would break the next forward)
+    assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
+    _call(model, x)
+
+
+def test_shape_only_trace_falls_back_to_a_real_run_where_meta_cannot_go() -> None:
+    """A forward that builds a tensor on the CPU (or reads a value) cannot run on the meta device."""
+    from search.speedup.trace import trace_model  # noqa: PLC0415
+
+    class CpuConstant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = self.conv(x)
+            return y + torch.ones(1, 8, 1, 1)  # a CPU tensor created inside forward
+
+    model = CpuConstant().eval()
+    x = torch.randn(1, 3, 8, 8)
+    traced = trace_model(model, x)
+    assert traced.output.device.type == "cpu"  # recorded on a real run
+    torch.testing.assert_close(traced.output, model(x))
+    assert tuple(traced.values["conv"].shape) == (1, 8, 6, 6)
+
+
+@pytest.mark.parametrize("name", ["concat", "residual", "se", "attention", "unet_skip", "embedding", "resnet18"])
+def test_speedup_without_verification_builds_the_same_compact_model(name: str) -> None:
+    case = CASES[name]
+    model, x = case.build()
+    config = config_for(case, model, x, 0.5, dependency=case.residual)
+    pruner = L1NormPruner(model, config)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    checked, unchecked = copy.deepcopy(model), copy.deepcopy(model)
+    verified = ModelSpeedup(checked, x, copy.deepcopy(masks))
+    verified.speedup_model()
+    fast = ModelSpeedup(unchecked, x, copy.deepcopy(masks), verify=False)
+    fast.speedup_model()
+    assert {k: v.shape for k, v in unchecked.state_dict().items()} == {k: v.shape for k, v in checked.state_dict().items()}
+    diff, scale = max_diff(_call(checked, x), _call(unchecked, x))
+    assert diff <= 1e-6 * max(1.0, scale)
+    assert fast.report is not None and verified.report is not None
+    assert fast.report.max_abs_diff is None and verified.report.max_abs_diff is not None
+    assert "not checked" in str(fast.report)
+    assert (fast.report.flops_after, fast.report.params_after) == (verified.report.flops_after, verified.report.params_after)
+    assert fast.report.rows == verified.report.rows
+
+
+def test_input_channel_masks_still_read_the_weights() -> None:
+    """Only channel masks on the output dim let speedup skip reading a weight; a mask on input channels
+    (dim 1) is multiplied in and its zero columns are found in the weight, so the producer shrinks."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 10, 10)
+    mask = torch.ones_like(model[2].weight)
+    mask[:, :3] = 0
+    reference = _call(apply_masks(copy.deepcopy(model), {"2": {"weight": mask}}), x)
+    ModelSpeedup(model, x, {"2": {"weight": mask}}).speedup_model()
+    assert (model[0].out_channels, model[2].in_channels) == (5, 5)
+    torch.testing.assert_close(_call(model, x), reference, atol=1e-5, rtol=1e-5)

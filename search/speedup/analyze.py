@@ -22,7 +22,7 @@ from torch.fx.node import map_aggregate
 from search.speedup.graph import ChannelGraph, Value
 from search.speedup.trace import TracedModel
 
-__all__ = ["Analyzer", "Fold", "PairMatrix", "Scratch", "analyze_model", "nonzero_pairs", "slice_zero"]
+__all__ = ["Analyzer", "Fold", "PairMatrix", "RowPairs", "Scratch", "analyze_model", "nonzero_pairs", "slice_zero"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,25 @@ class PairMatrix:
         return self._cols() > np.count_nonzero(self.nonzero[~rows], axis=0)
 
 
+class RowPairs:
+    """:class:`PairMatrix`'s queries for a weight known only by which rows a channel mask zeroed.
+
+    Every ``(row, column)`` pair of a row the mask kept counts as non-zero. That is conservative
+    (a kept row's coincidental zeros are not exploited, so nothing is removed that should stay)
+    and needs no pass over the weight: speedup knows the rows from the mask it applied.
+    """
+
+    def __init__(self, row_zero: np.ndarray, cols: int) -> None:
+        self.row_any = ~row_zero
+        self.cols = cols
+
+    def rows_reading(self, cols: np.ndarray) -> np.ndarray:
+        return self.row_any & bool(cols.any())
+
+    def cols_read_by(self, rows: np.ndarray) -> np.ndarray:
+        return np.full(self.cols, bool((rows & self.row_any).any()))
+
+
 class Scratch:
     """A reusable NumPy work buffer: big temporaries freshly allocated per weight cost page faults."""
 
@@ -148,8 +167,16 @@ def nonzero_pairs(weight: torch.Tensor, scratch: Scratch | None = None) -> np.nd
 class Analyzer:
     """Builds the channel graph of a traced model whose parameters already carry their masks."""
 
-    def __init__(self, traced: TracedModel, model: nn.Module, modules: dict[str, nn.Module] | None = None) -> None:
+    def __init__(
+        self,
+        traced: TracedModel,
+        model: nn.Module,
+        modules: dict[str, nn.Module] | None = None,
+        mask_rows: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.traced = traced
+        #: module name -> output rows its channel mask zeroed (the rest of its weight is taken as non-zero)
+        self.mask_rows = mask_rows or {}
         self.model = model
         self.modules = modules if modules is not None else dict(model.named_modules())
         self.g = ChannelGraph()
@@ -211,6 +238,15 @@ class Analyzer:
             for axis in range(value.ndim):
                 value.zero[axis] = slice_zero(tensor.detach(), axis)
         return value
+
+    def pairs(self, w: Value, weight: torch.Tensor) -> PairMatrix | RowPairs:
+        """Which ``(out, in)`` slices of the weight behind ``w`` are non-zero (see :class:`RowPairs`)."""
+        if weight.dim() >= 2:
+            for module_name, attr in self.owners.get(w.key, ()):
+                rows = self.mask_rows.get(module_name) if attr == "weight" else None
+                if rows is not None and rows.shape == (weight.shape[0],):
+                    return RowPairs(rows, weight.shape[1])
+        return PairMatrix(nonzero_pairs(weight, self.scratch))
 
     def tensor(self, module_name: str, attr: str) -> torch.Tensor:
         return getattr(self.modules[module_name], attr).detach()

@@ -139,8 +139,14 @@ class ChannelGraph:
         for v in self.values:
             if v.is_param:
                 continue
-            for axis in range(v.ndim):
-                ids = v.ids(axis)
-                is_value[ids] = True
-                dead[ids] = v.zero[axis] | v.ignored[axis]
+            for axis, start in enumerate(v.offsets):
+                end = start + v.shape[axis]
+                is_value[start:end] = True
+                np.logical_or(v.zero[axis], v.ignored[axis], out=dead[start:end])
         return is_value, dead
+
+    def axis_blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start, length) of every value's every axis, in position order (they tile ``0..size``)."""
+        starts = [start for v in self.values for start in v.offsets]
+        lengths = [n for v in self.values for n in v.shape]
+        return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)

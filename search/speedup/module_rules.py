@@ -7,7 +7,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from search.speedup.analyze import Analyzer, Fold, PairMatrix, nonzero_pairs
+from search.speedup.analyze import Analyzer, Fold
 from search.speedup.graph import Value
 from search.speedup.layout_rules import _reshape, rearrange_channels
 from search.speedup.rules import along_axis, spatial, unary
@@ -129,7 +129,7 @@ def linear_like(
     if b is not None:
         an.g.link(b, 0, out, nd - 1)
     bias_zero = _zero(bias, weight.shape[0])
-    pairs = PairMatrix(nonzero_pairs(weight, an.scratch))
+    pairs = an.pairs(w, weight)
     row_zero = ~pairs.rows_reading(~x.zero[-1])
     out.zero[-1] = row_zero & bias_zero
     for a in range(nd - 1):
@@ -184,7 +184,7 @@ def _conv(an: Analyzer, node: fx.Node, m: nn.modules.conv._ConvNd, x: Value | No
     if b is not None:
         an.g.link(b, 0, out, cax)
     # One pass over the weight: which (out, in) kernel slices are non-zero.
-    pairs = PairMatrix(nonzero_pairs(weight, an.scratch))
+    pairs = an.pairs(w, weight)
     w_row_zero = ~pairs.row_any
     if cax == 1:
         out.zero[0] = x.zero[0] & bool(bias_zero.all())

@@ -27,7 +27,7 @@ class SpeedupReport:
     params_after: int
     flops_before: int
     flops_after: int
-    max_abs_diff: float
+    max_abs_diff: float | None  # None: not verified (``ModelSpeedup(verify=False)``)
     unsupported: list[str]
     trace_method: str
     seconds: float
@@ -57,7 +57,7 @@ class SpeedupReport:
         lines.append(
             f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.3f}); "
             f"FLOPs {self.flops_before:,} -> {self.flops_after:,} ({self.flops_ratio:.3f}); "
-            f"max |diff| {self.max_abs_diff:.2e}; traced {self.trace_method}; {self.seconds:.2f} s"
+            f"max |diff| {'not checked' if self.max_abs_diff is None else f'{self.max_abs_diff:.2e}'}; traced {self.trace_method}; {self.seconds:.2f} s"
         )
         if self.unsupported:
             lines.append("kept conservatively around: " + "; ".join(self.unsupported))

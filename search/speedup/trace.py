@@ -8,9 +8,11 @@ iteration answer with that value and the graph records the path the dummy input 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -20,7 +22,7 @@ from torch.utils.flop_counter import conv_flop_count
 
 from search.metrics import FlopCounter, split_inputs
 
-__all__ = ["CountedNode", "TracedModel", "recount_flops", "trace_model"]
+__all__ = ["CountedNode", "TracedModel", "on_meta", "recount_flops", "to_meta", "trace_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class TracedModel:
         self._graph_module: fx.GraphModule | None = None
         self.values = values
         self.method = method
-        self.output = output  # the model's output on the dummy input
+        self.output = output  # the model's output on the dummy input (meta tensors if recorded on shapes)
         self.flops = flops  # FLOPs of that forward pass (see search.metrics)
         #: nodes whose value Python code looked at (control flow): what they depend on must not change
         self.decisions = decisions or set()
@@ -139,16 +141,21 @@ class _Recorder(fx.Interpreter):
     and nodes known to hold none (norms, activations, pooling, views, elementwise) run plainly.
     """
 
-    def __init__(self, root: nn.Module, graph: fx.Graph) -> None:
+    def __init__(self, root: nn.Module, graph: fx.Graph, shapes_only: bool = False) -> None:
         super().__init__(root, graph=graph)
         self.values: dict[str, Any] = {}
         self.counter = FlopCounter()
         self.counted: list[CountedNode] = []
         self.by_mode = 0
         self.result: Any = None
+        #: the inputs and parameters are meta tensors: shape-preserving nodes take a shortcut
+        self.shapes_only = shapes_only
 
     def run_node(self, n: fx.Node) -> Any:
-        if n.op in ("placeholder", "get_attr", "output"):
+        result = _shape_shortcut(self, n) if self.shapes_only else None
+        if result is not None:
+            pass
+        elif n.op in ("placeholder", "get_attr", "output"):
             result = super().run_node(n)
         elif n.op == "call_module" and isinstance(self.module.get_submodule(str(n.target)), _NO_FLOP_MODULES):
             result = super().run_node(n)
@@ -170,6 +177,10 @@ class _Recorder(fx.Interpreter):
         return result
 
     def _counted_run(self, n: fx.Node) -> Any:
+        if self.shapes_only and (n.op not in ("call_function", "call_method") or _call_name(n) not in _SAME_COUNT_ON_META):
+            # composite operators (attention, recurrent layers...) may take another path on the meta
+            # device than on a real one, and so count other FLOPs: record those models for real
+            raise _NeedsRealRun(f"{n.op} {n.target}")
         before = self.counter.total
         with self.counter:
             result = super().run_node(n)
@@ -178,6 +189,93 @@ class _Recorder(fx.Interpreter):
 
 
 _MATMUL_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+
+#: operators that run the same aten operator (hence count the same FLOPs) on the meta device
+_SAME_COUNT_ON_META = frozenset({
+    "matmul", "__matmul__", "mm", "bmm", "addmm", "baddbmm", "linear", "einsum", "conv1d", "conv2d", "conv3d",
+    "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+})
+
+
+class _NeedsRealRun(Exception):
+    """A node whose shape-only recording could differ from a real run."""
+
+#: module forwards whose output has the input's shape and dtype (norms checked for their channel count)
+_SAME_SHAPE_FORWARDS = {
+    cls.forward: cls for cls in (
+        nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU,
+        nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
+        nn.Mish, nn.Softplus, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
+    )
+}
+#: functions and methods of one tensor (other arguments plain Python) whose output has its shape and dtype
+_SAME_SHAPE_CALLS = frozenset({
+    "relu", "relu_", "relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu", "hardswish", "hardsigmoid",
+    "hardtanh", "hardtanh_", "leaky_relu", "elu", "softplus", "mish", "dropout", "contiguous", "clone", "detach",
+    "neg", "abs",
+})
+_BINARY_CALLS = frozenset({
+    "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_", "mul_", "div_",
+})
+
+
+def _shape_shortcut(rec: _Recorder, n: fx.Node) -> torch.Tensor | None:
+    """The output of a shape-preserving or elementwise node computed from shapes alone, or ``None``.
+
+    On the meta device torch computes shapes through Python reference implementations, which
+    for a BatchNorm or an add cost ~0.1-0.6 ms each (more than running them on real data);
+    these nodes make most of a CNN, so their shapes are derived here in microseconds.
+    """
+    if n.kwargs and n.op != "call_module":
+        if not all(k in ("inplace", "alpha") for k in n.kwargs) or n.kwargs.get("alpha", 1) != 1:
+            return None
+    args = [rec.env[a] if isinstance(a, fx.Node) else a for a in n.args]
+    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
+        if n.op == "call_function" and _call_name(n) in _BINARY_CALLS and len(args) == 2 and isinstance(args[1], torch.Tensor):
+            return _broadcast(args[0], args[1])
+        return None
+    x = args[0]
+    if n.op == "call_module":
+        m = rec.module.get_submodule(str(n.target))
+        base = _SAME_SHAPE_FORWARDS.get(type(m).forward)
+        if base is None or len(args) != 1 or n.kwargs or not _channels_fit(m, x):
+            return None
+        return x if getattr(m, "inplace", False) is True else torch.empty_like(x)
+    name = _call_name(n)
+    if name in _SAME_SHAPE_CALLS and not any(isinstance(a, torch.Tensor) for a in args[1:]):
+        in_place = name.endswith("_") or n.kwargs.get("inplace") is True
+        return x if in_place else torch.empty_like(x)
+    if name in _BINARY_CALLS and len(args) == 2:
+        out = _broadcast(x, args[1])
+        in_place = name.endswith("_") or name.startswith("i")
+        if in_place:
+            return x if out is not None and out.shape == x.shape and out.dtype == x.dtype else None
+        return out
+    return None
+
+
+def _broadcast(a: Any, b: Any) -> torch.Tensor | None:
+    """Meta result of ``a (op) b`` for tensors / Python numbers (``None`` where true division changes the dtype)."""
+    if not all(isinstance(v, bool | int | float) or (isinstance(v, torch.Tensor) and v.is_meta) for v in (a, b)):
+        return None  # a real tensor meets a meta one: let torch raise (the fallback runs the model)
+    dtype = torch.result_type(a, b)
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return None  # integer true division gives floats, floor semantics differ: let torch decide
+    sa = a.shape if isinstance(a, torch.Tensor) else ()
+    sb = b.shape if isinstance(b, torch.Tensor) else ()
+    return torch.empty(torch.broadcast_shapes(sa, sb), dtype=dtype, device="meta")
+
+
+def _channels_fit(m: nn.Module, x: torch.Tensor) -> bool:
+    """A norm's own input check on the channel count (the real forward raises where it fails)."""
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return x.dim() >= 2 and x.shape[1] == m.num_features
+    if isinstance(m, nn.GroupNorm):
+        return x.dim() >= 2 and x.shape[1] == m.num_channels
+    if isinstance(m, nn.LayerNorm):
+        ns = tuple(m.normalized_shape)
+        return tuple(x.shape[x.dim() - len(ns):]) == ns
+    return True
 
 
 def _call_name(n: fx.Node) -> str:
@@ -190,8 +288,10 @@ def _summarize(x: Any) -> Any:
     return x
 
 
-def _record(root: nn.Module, graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Recorder:
-    recorder = _Recorder(root, graph)
+def _record(
+    root: nn.Module, graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str, Any], shapes_only: bool = False,
+) -> _Recorder:
+    recorder = _Recorder(root, graph, shapes_only)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     flat: list[Any] = list(args)
     for n in placeholders[len(args) :]:
@@ -201,13 +301,64 @@ def _record(root: nn.Module, graph: fx.Graph, args: tuple[Any, ...], kwargs: dic
     return recorder
 
 
-def trace_model(model: nn.Module, dummy_input: Any) -> TracedModel:
-    """Trace ``model`` (symbolically, else concretely) and record every node's value."""
+def to_meta(x: Any) -> Any:
+    """``x`` (a tensor or a structure of them) with every tensor replaced by a meta tensor of its shape."""
+    return map_aggregate(x, lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t)
+
+
+@contextlib.contextmanager
+def on_meta(model: nn.Module) -> Iterator[None]:
+    """Every parameter and buffer of ``model`` temporarily replaced by a meta tensor of its shape.
+
+    A forward pass then computes shapes only (no arithmetic, no memory). Tied tensors stay tied;
+    the real tensors are back on exit, whatever happened inside.
+    """
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+    twins: dict[int, torch.Tensor] = {}
+    try:
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for key, tensor in store.items():
+                    if tensor is None:
+                        continue
+                    twin = twins.get(id(tensor))
+                    if twin is None:
+                        twin = torch.empty_like(tensor, device="meta")
+                        if isinstance(tensor, nn.Parameter):
+                            twin = nn.Parameter(twin, requires_grad=tensor.requires_grad)
+                        twins[id(tensor)] = twin
+                    saved.append((store, key, tensor))
+                    store[key] = twin
+        yield
+    finally:
+        for store, key, tensor in reversed(saved):
+            store[key] = tensor
+
+
+def _record_shapes(root: nn.Module, graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Recorder | None:
+    """:func:`_record` on the meta device (shapes and FLOPs only); ``None`` where a node needs real values."""
+    try:
+        with on_meta(root):
+            return _record(root, graph, to_meta(args), to_meta(kwargs), shapes_only=True)
+    except Exception as exc:  # a data-dependent op, a tensor built on the CPU inside forward...
+        logger.debug("shape-only recording failed (%s: %s); running the model", type(exc).__name__, exc)
+        return None
+
+
+def trace_model(model: nn.Module, dummy_input: Any, *, shapes_only: bool = True) -> TracedModel:
+    """Trace ``model`` (symbolically, else concretely) and record every node's value.
+
+    With ``shapes_only`` (the default: the channel analysis needs shapes, not values), a
+    symbolically traced graph is run on the meta device: every node's shape and the FLOPs are
+    recorded without computing anything, and :attr:`TracedModel.output` holds meta tensors.
+    The concrete tracer (and any graph a meta run cannot take: data-dependent operators,
+    tensors created on a real device inside ``forward``) runs for real.
+    """
     args, kwargs = split_inputs(dummy_input)
     try:
         concrete = _concrete_kwargs(model, args, kwargs)
         graph = fx.Tracer().trace(model, concrete_args=concrete or None)
-        rec = _record(model, graph, args, kwargs)
+        rec = (_record_shapes(model, graph, args, kwargs) if shapes_only else None) or _record(model, graph, args, kwargs)
         return TracedModel(model, graph, rec.values, "symbolic", rec.result, rec.counter.total, None, rec.counted, rec.by_mode)
     except Exception as exc:  # untraceable Python: record the dummy input's path instead
         logger.info("symbolic tracing failed (%s: %s); using the concrete tracer", type(exc).__name__, exc)
