@@ -604,7 +604,7 @@ class Bench:
                                       max_layer_ratio=0.9, max_trials=budget, constraints=constraints, seed=seed, gradual=gradual, **common)
         elif algorithm == "simulated_annealing":
             neighbours = 4
-            rounds = max(1, (budget - 1) // neighbours)
+            rounds = max(1, budget // neighbours)  # every round holds 4 trials, round 0 the uniform allocation too
             cool = (sa["stop_temperature"] / sa["start_temperature"]) ** (1 / rounds) * 1.0001
             pruner = A.SimulatedAnnealingPruner(model, uniform_cfg, evaluator, pruning_algorithm=pname,
                                                 pruning_params=pkwargs, cool_down_rate=cool,
@@ -614,8 +614,8 @@ class Bench:
         elif algorithm == "auto_compress":
             iterations = 2
             neighbours = 3
-            per_iteration = (budget - iterations) // iterations  # search trials per iteration (1 initial + rounds)
-            rounds = max(1, (per_iteration - 1) // neighbours)
+            per_iteration = (budget - iterations) // iterations  # search trials per iteration (rounds of 3)
+            rounds = max(1, per_iteration // neighbours)
             cool = (sa["stop_temperature"] / sa["start_temperature"]) ** (1 / rounds) * 1.0001
             steps = max(1, math.ceil(len(data.search_train) / setting.trial.batch_size))
             admm = {"evaluator": self.admm_evaluator(model, data, setting, seed), "iterations": 2,

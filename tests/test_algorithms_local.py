@@ -194,16 +194,68 @@ def test_netadapt_flops_bound_needs_a_dummy_input(cnn: nn.Module) -> None:
 
 
 # -- simulated annealing ----------------------------------------------------------------------------
-def test_annealing_hands_out_the_neighbours_of_a_temperature_together(cnn: nn.Module) -> None:
+def tell_scores(gen: TaskGenerator, tasks: list[Task], scores: list[float | None]) -> None:
+    """Tell each task its score; ``None``: the trial failed."""
+    for task, score in zip(tasks, scores, strict=True):
+        gen.tell(TaskResult(task.task_id, score=score) if score is not None else TaskResult(task.task_id, error="boom"))
+
+
+def test_annealing_first_round_is_the_initial_allocation_and_its_neighbours(cnn: nn.Module) -> None:
     gen = annealing(cnn)
+    first = gen.ask(10)
+    assert [(t.params["round"], t.params["candidate"]) for t in first] == [(0, 0), (0, 1), (0, 2)]
+    assert first[0].params["ratios"] == {"conv1": 0.5, "conv2": 0.5, "conv3": 0.5}  # the uniform allocation
+    assert all(t.params["ratios"] != first[0].params["ratios"] for t in first[1:])
+    assert all(t.params["temperature"] == 0.02 and t.parent_id is None for t in first)
+    assert all(t.params["requested_sparsity"] == pytest.approx(0.5, abs=1e-6) for t in first)
+    assert gen.ask(10) == []  # round 1 waits for round 0's decisions
+    for task in first:
+        gen.tell(fake_result(gen, task))
+    second = gen.ask(10)
+    assert [(t.params["round"], t.params["candidate"]) for t in second] == [(1, 0), (1, 1), (1, 2)]
+    assert all(t.params["temperature"] == 0.01 for t in second)  # round 0 drew neighbours: it cooled
+
+
+def test_annealing_with_one_neighbour_evaluates_the_initial_allocation_alone_first(cnn: nn.Module) -> None:
+    gen = annealing(cnn, neighbours_per_temperature=1)
     (initial,) = gen.ask(10)
-    assert initial.params["round"] == 0 and initial.parent_id is None
     gen.tell(fake_result(gen, initial))
-    neighbours = gen.ask(10)
-    assert len(neighbours) == 3 and gen.ask(10) == []
-    for task in neighbours:
-        assert task.parent_id is None and task.params["round"] == 1
-        assert task.params["requested_sparsity"] == pytest.approx(0.5, abs=1e-6)
+    (neighbour,) = gen.ask(10)
+    assert neighbour.params["round"] == 1 and neighbour.params["ratios"] != initial.params["ratios"]
+    assert neighbour.params["temperature"] == 0.02  # a round without neighbours does not cool
+
+
+def test_annealing_decides_round_0_neighbours_against_the_initial_score(cnn: nn.Module) -> None:
+    gen = annealing(cnn)
+    first = gen.ask(10)
+    tell_scores(gen, first, [0.5, 0.6, -10.0])  # better: taken; far worse at T=0.02: exp(-530) never is
+    assert [d["accepted"] for d in gen.annealer.decisions] == [True, True, False]
+    assert gen.annealer.current == [first[1].params["ratios"][n] for n in ("conv1", "conv2", "conv3")]
+    assert gen.annealer.current_score == 0.6
+
+
+def test_annealing_starts_from_the_first_usable_candidate_when_the_initial_one_fails(cnn: nn.Module) -> None:
+    gen = annealing(cnn)
+    first = gen.ask(10)
+    tell_scores(gen, first, [None, 0.2, 0.1])
+    assert [d["accepted"] for d in gen.annealer.decisions] == [False, True, False]
+    assert gen.annealer.current_score == 0.2 and gen.annealer.best_score == 0.2
+    assert len(gen.ask(10)) == 3  # and the search goes on
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0), (2, 0, 1)])
+def test_annealing_round_0_decisions_do_not_depend_on_the_order_results_arrive_in(cnn: nn.Module,
+                                                                                  order: tuple[int, ...]) -> None:
+    def run(tell_order: tuple[int, ...]) -> TaskGenerator:
+        gen = annealing(cnn)
+        first = gen.ask(10)
+        for i in tell_order:
+            gen.tell(fake_result(gen, first[i]))
+        return drive(gen)
+
+    in_order, shuffled = run((0, 1, 2)), run(order)
+    assert shuffled.annealer.decisions == in_order.annealer.decisions
+    assert proposed(shuffled) == proposed(in_order)
 
 
 def test_annealing_cools_every_round_and_ends(cnn: nn.Module) -> None:
@@ -212,10 +264,10 @@ def test_annealing_cools_every_round_and_ends(cnn: nn.Module) -> None:
         for task in gen.ask(10):
             gen.tell(TaskResult(task.task_id, score=-float(task.task_id)))
     rounds = gen.schedule.rounds()
-    assert len(gen.tasks) == 1 + rounds * 3
+    assert len(gen.tasks) == rounds * 3  # round 0 included: the initial allocation takes a neighbour's slot
     temperatures = sorted({d["temperature"] for d in gen.annealer.decisions}, reverse=True)
     assert temperatures == pytest.approx([0.02 * 0.5**i for i in range(rounds)])
-    assert gen.stop_reason.startswith("temperature")
+    assert gen.stop_reason == f"temperature 0.0025 fell to stop_temperature 0.004 after {rounds} rounds"
 
 
 def test_annealing_decides_the_same_when_results_arrive_reversed(cnn: nn.Module) -> None:
@@ -227,19 +279,31 @@ def test_annealing_decides_the_same_when_results_arrive_reversed(cnn: nn.Module)
 
 
 def test_annealing_stops_at_the_trial_budget(cnn: nn.Module) -> None:
-    gen = drive(annealing(cnn, max_trials=3))
-    assert len(gen.tasks) == 3 and gen.stop_reason == "trial budget max_trials=3 used up"
+    gen = drive(annealing(cnn, max_trials=5))
+    assert len(gen.tasks) == 5 and gen.stop_reason == "trial budget max_trials=5 used up"
+    assert [d["round"] for d in gen.annealer.decisions] == [0, 0, 0, 1, 1]  # the cut round is decided on
+
+
+def test_annealing_budget_smaller_than_the_first_round_cuts_it(cnn: nn.Module) -> None:
+    gen = annealing(cnn, max_trials=2)
+    first = gen.ask(10)
+    assert [t.params["candidate"] for t in first] == [0, 1] and gen.ask(10) == []
+    tell_scores(gen, first, [0.5, 0.7])
+    assert [d["accepted"] for d in gen.annealer.decisions] == [True, True]
+    assert gen.is_done() and gen.stop_reason == "trial budget max_trials=2 used up"
 
 
 # -- AutoCompress -------------------------------------------------------------------------------------
 def test_autocompress_runs_search_rounds_then_admm_per_iteration(cnn: nn.Module) -> None:
     gen = autocompress(cnn)
-    (initial,) = gen.ask(10)
-    gen.tell(fake_result(gen, initial))
-    assert len(gen.ask(10)) == 2  # the neighbours of one temperature at once
+    first = gen.ask(10)  # the starting allocation and a neighbour of it at once
+    assert [(t.params["round"], t.params["candidate"]) for t in first] == [(0, 0), (0, 1)]
     drive(gen)
     phases = [(t.params["iteration"], t.params["phase"]) for _, t in sorted(gen.tasks.items())]
-    assert phases == [(1, "search")] * 5 + [(1, "admm")] + [(2, "search")] * 5 + [(2, "admm")]
+    assert phases == [(1, "search")] * 4 + [(1, "admm")] + [(2, "search")] * 4 + [(2, "admm")]
+    rounds = [(t.params["round"], t.params["candidate"]) for t in gen.tasks.values()
+              if t.params["iteration"] == 2 and t.params["phase"] == "search"]
+    assert rounds == [(0, 0), (0, 1), (1, 0), (1, 1)]
     admm1 = next(t for t in gen.tasks.values() if t.params["phase"] == "admm")
     assert {t.parent_id for t in gen.tasks.values() if t.params["iteration"] == 2} == {admm1.task_id}
     assert admm1.params["requested_sparsity"] == pytest.approx(1 - 0.5**0.5, abs=1e-6)
@@ -273,6 +337,19 @@ def test_resume_from_json_state_proposes_what_an_uninterrupted_run_does(cnn: nn.
     assert proposed(resumed) == proposed(uninterrupted)
     assert decisions(resumed) == decisions(uninterrupted)
     assert resumed.stop_reason == uninterrupted.stop_reason is not None
+
+
+@pytest.mark.parametrize("tells", [0, 1, 2])
+def test_annealing_resumed_mid_round_0_ends_like_an_uninterrupted_run(cnn: nn.Module, tells: int) -> None:
+    uninterrupted = drive(annealing(cnn))
+    crashed = drive(annealing(cnn), max_tells=tells)  # round 0 handed out, ``tells`` of its 3 results told
+    assert crashed.annealer.round_index == 0 and len(crashed.pending()) == 3 - tells
+    resumed = annealing(cnn)
+    resumed.load_state_dict(json.loads(json.dumps(crashed.state_dict())))
+    drive(resumed)
+    assert proposed(resumed) == proposed(uninterrupted)
+    assert resumed.annealer.decisions == uninterrupted.annealer.decisions
+    assert resumed.best_result().task_id == uninterrupted.best_result().task_id
 
 
 # -- ADMM ---------------------------------------------------------------------------------------------
@@ -342,7 +419,7 @@ def test_annealing_pruner_end_to_end(digits_model: nn.Module, trial: dict[str, A
     pruner.compress()
     gen = pruner.task_generator
     task_id, compact, masks, score, config_list = pruner.get_best_result()
-    assert len(gen.tasks) == 5 and gen.stop_reason.startswith("temperature")
+    assert len(gen.tasks) == 4 and gen.stop_reason.startswith("temperature")  # 2 rounds of 2
     assert score >= first_feasible(gen).score and gen.results[task_id].metrics["flops_ratio"] <= 0.5
     assert all(t.params["requested_sparsity"] == pytest.approx(0.5, abs=1e-6) for t in gen.tasks.values())
     assert_requested_vs_achieved(gen)
@@ -372,7 +449,7 @@ def test_autocompress_pruner_end_to_end(digits_model: nn.Module, digits: Any, tr
     pruner.compress()
     gen = pruner.task_generator
     task_id, compact, masks, score, config_list = pruner.get_best_result()
-    assert [t.params["phase"] for t in gen.tasks.values()].count("admm") == 2 and len(gen.tasks) == 8
+    assert [t.params["phase"] for t in gen.tasks.values()].count("admm") == 2 and len(gen.tasks) == 6
     assert all(r.ok for r in gen.results.values()), [r.error for r in gen.results.values() if not r.ok]
     assert gen.tasks[task_id].params["iteration"] == 2 and gen.results[task_id].metrics["flops_ratio"] <= 0.5
     assert score >= first_feasible(gen).score and not math.isnan(score)

@@ -3,11 +3,14 @@
 The config list names the layers and a total ratio per sub-config (``sparse_ratio``,
 ``total_sparsity``...). A *solution* is one ratio per layer whose average weighted by the layers'
 weight sizes equals the sub-config's ratio. The search starts from the uniform allocation and, at
-each temperature, hands out ``neighbours_per_temperature`` perturbations of the current solution
-at once (they run in parallel); when all of them are told, each is accepted or rejected by the
-Metropolis rule in task order (so the order results arrive in does not matter) and the
-temperature cools. Cooling happens on *every* round, so the search ends: at ``stop_temperature``
-or when ``max_trials`` is used up. Every candidate starts from the origin model.
+each temperature, hands out one round of ``neighbours_per_temperature`` candidates at once (they
+run in parallel): round 0 is the uniform allocation itself plus ``neighbours_per_temperature - 1``
+perturbations of it (drawing a neighbour needs no score, only accepting one does), every later
+round that many perturbations of the current solution. When all of a round's candidates are told,
+each is accepted or rejected by the Metropolis rule in candidate order (so the order results
+arrive in does not matter) and the temperature cools. Cooling happens on every round that holds a
+neighbour, so the search ends: at ``stop_temperature`` or when ``max_trials`` is used up. Every
+candidate starts from the origin model.
 
 Cost bounds: a result over a ``max_flops_ratio`` / ``max_params_ratio`` / ``max_latency_ratio``
 constraint (as measured) is never accepted as the current solution nor kept as the best, so the
@@ -28,7 +31,7 @@ Example:
     ...     cool_down_rate=0.5, neighbours_per_temperature=2, log_dir=None)
     >>> pruner.compress()
     >>> len(pruner.task_generator.tasks), pruner.task_generator.stop_reason.startswith('temperature')
-    (5, True)
+    (4, True)
 """
 
 from __future__ import annotations
@@ -354,15 +357,31 @@ class AnnealingSchedule:
         return cls(**params)
 
     def rounds(self) -> int:
-        """Neighbour rounds until the temperature falls to ``stop_temperature``."""
+        """Rounds that cool until the temperature falls to ``stop_temperature``.
+
+        Every round holding a neighbour cools: with ``neighbours_per_temperature > 1`` that is
+        every round, round 0 included (a full search is ``rounds() * neighbours_per_temperature``
+        trials); with 1, round 0 holds only the initial allocation and does not cool.
+        """
         return math.ceil(math.log(self.stop_temperature / self.start_temperature) / math.log(self.cool_down_rate) - 1e-9)
 
 
 class Annealer:
     """Metropolis search over allocations of ``layers``; its state is plain JSON.
 
-    Round 0 evaluates the initial allocation; every later round hands out neighbours of the
-    current allocation, decides on them in candidate order, then cools.
+    Every round holds ``neighbours_per_temperature`` candidates drawn at the current temperature:
+    round 0 the initial allocation (candidate 0) plus that many minus one of its neighbours,
+    every later round neighbours of the current allocation. A neighbour needs only the allocation
+    it perturbs, not its score, so round 0 is as wide (as parallel) as the others. Once a round is
+    told, its candidates are decided in candidate order by the Metropolis rule against the current
+    score, which the accepted ones update as they go; a usable initial allocation is accepted
+    unconditionally (there is no score to compare it with). Then the temperature cools, unless the
+    round held no neighbour (round 0 with ``neighbours_per_temperature == 1``): the first
+    neighbours are drawn at ``start_temperature`` either way.
+
+    A candidate without a score (failed, over a cost bound) is never accepted. If that is the
+    initial allocation, the walk still starts from it with no current score, so the first usable
+    candidate after it, in round 0 or later, becomes the current solution.
     """
 
     def __init__(self, layers: Sequence[LayerSpec], schedule: AnnealingSchedule, sign: float,
@@ -391,19 +410,22 @@ class Annealer:
         self.decisions: list[dict[str, Any]] = []
 
     def start(self, initial: Sequence[float], targets: Mapping[int, float], lower: Sequence[float] | None = None) -> None:
+        """Begin a new search at ``initial``; the first :meth:`open_round` hands it out with its neighbours."""
         self._reset()
         self.targets = dict(targets)
         self.lower = list(lower) if lower is not None else [0.0] * len(self.layers)
         self.current = self._projected(list(initial))
-        self.round_index = 0
-        self.round = CandidateRound([list(self.current)])
 
     def open_round(self, rng: random.Random) -> None:
-        """Perturb the current allocation ``neighbours_per_temperature`` times."""
+        """Open the next round: ``neighbours_per_temperature`` candidates at the current temperature.
+
+        The first round is the initial allocation and neighbours of it, the others neighbours of
+        the current allocation (see the class docstring).
+        """
         assert self.current is not None
         magnitude = self.schedule.perturbation_magnitude * self.temperature / self.schedule.start_temperature
-        items = []
-        for _ in range(self.schedule.neighbours_per_temperature):
+        items = [list(self.current)] if self.round_index < 0 else []
+        while len(items) < self.schedule.neighbours_per_temperature:
             moved = [r + rng.uniform(-magnitude, magnitude) for r in self.current]
             items.append(self._projected(rescale(moved, self.layers, self.targets, self.lower)))
         self.round_index += 1
@@ -413,11 +435,11 @@ class Annealer:
         """Accept or reject each told candidate (Metropolis, in candidate order), then cool."""
         assert self.round is not None
         for index, alloc, task_id, score in self.round.outcomes():
-            if self.round_index == 0:
-                accepted = True
-            elif score is None:
+            if score is None:
                 accepted = False
             elif self.current_score is None or self.sign * (score - self.current_score) > 0:
+                # no current score yet: the usable initial allocation, or the first usable
+                # candidate after an unusable one
                 accepted = True
             else:
                 delta = self.sign * (score - self.current_score)
@@ -428,7 +450,7 @@ class Annealer:
                 self.best, self.best_score = list(alloc), score
             self.decisions.append({"task_id": task_id, "round": self.round_index, "candidate": index,
                                    "score": score, "accepted": accepted, "temperature": self.temperature})
-        if self.round_index > 0:
+        if self.round_index > 0 or len(self.round.items) > 1:  # the round drew neighbours at this temperature
             self.temperature *= self.schedule.cool_down_rate
             if self.temperature <= self.schedule.stop_temperature * (1 + 1e-12):
                 self.done = True
@@ -465,8 +487,12 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
             best_result_mode: as for :class:`~search.scheduling.TaskGenerator` (the mode must be
             ``'maximize'`` or ``'minimize'``: annealing compares scores).
         start_temperature, stop_temperature, cool_down_rate, perturbation_magnitude: NNI's
-            schedule; the temperature is multiplied by ``cool_down_rate`` after every round.
-        neighbours_per_temperature: candidates per round (handed out together).
+            schedule; the temperature is multiplied by ``cool_down_rate`` after every round that
+            holds a neighbour (every round, except round 0 when ``neighbours_per_temperature`` is 1).
+        neighbours_per_temperature: candidates per round, handed out together: round 0 is the
+            uniform allocation plus ``neighbours_per_temperature - 1`` neighbours of it, every
+            later round that many neighbours of the current solution (see :class:`Annealer`).
+            A ``max_trials`` smaller than a round cuts it short; what ran is decided on.
         max_layer_ratio: the highest ratio a layer may get (unless its ``max_sparse_ratio`` is lower).
         max_trials, constraints, seed: the budget, cost bounds and random seed. A result over a
             bound is never accepted (see the module docstring).
@@ -518,7 +544,7 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
         a = self.annealer
         if a.done:
             return (f"temperature {a.temperature:.4g} fell to stop_temperature {self.schedule.stop_temperature:g} "
-                    f"after {a.round_index} rounds")
+                    f"after {a.round_index + 1} rounds")
         if not self._budget_left() and not self.pending():
             return f"trial budget max_trials={self.max_trials} used up"
         return None
@@ -585,7 +611,9 @@ class SimulatedAnnealingPruner(SearchPruner):
         model: the model to prune (not modified: each trial works on a copy).
         config_list: layers and a total ratio per sub-config.
         evaluator: ``evaluator(model) -> score`` (required: annealing compares scores).
-        start_temperature, stop_temperature, cool_down_rate, perturbation_magnitude: the schedule.
+        start_temperature, stop_temperature, cool_down_rate, perturbation_magnitude: the schedule
+            (rounds of ``neighbours_per_temperature`` parallel trials, the first holding the
+            uniform allocation; see :class:`SimulatedAnnealingTaskGenerator`).
         pruning_algorithm: the pruner each trial runs (a registered name or class).
         pruning_params: extra arguments for that pruner.
         log_dir, keep_intermediate_result, finetuner, speedup, dummy_input: as in NNI.
