@@ -314,6 +314,11 @@ def _identity_links(an: Analyzer, x: Value, out: Value) -> None:
         an.g.link(x, a, out, a)
 
 
+def _small(t: torch.Tensor) -> np.ndarray:
+    """A norm's per-channel vector as float32 NumPy."""
+    return t.detach().float().cpu().numpy().astype(np.float32, copy=False)
+
+
 def _channel_norm(an: Analyzer, node: fx.Node, m: nn.Module, x: Value | None) -> bool:
     out_shape = an.shape_of(node)
     if not isinstance(x, Value) or out_shape is None or tuple(out_shape) != x.shape:
@@ -329,18 +334,19 @@ def _channel_norm(an: Analyzer, node: fx.Node, m: nn.Module, x: Value | None) ->
             an.g.link(p, 0, out, cax)
     weight = getattr(m, "weight", None)
     bias = getattr(m, "bias", None)
-    w = torch.ones(c) if weight is None else weight.detach().float().cpu()
-    bsh = torch.zeros(c) if bias is None else bias.detach().float().cpu()
+    # float32 arithmetic as the module does it (NumPy: these vectors are small, torch's per-call cost dominates)
+    w = np.ones(c, dtype=np.float32) if weight is None else _small(weight)
+    bsh = np.zeros(c, dtype=np.float32) if bias is None else _small(bias)
     rm, rv = getattr(m, "running_mean", None), getattr(m, "running_var", None)
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and rm is not None and rv is not None:
-        scale = w / torch.sqrt(rv.detach().float().cpu() + m.eps)
-        shift = bsh - rm.detach().float().cpu() * scale
+        scale = w / np.sqrt(_small(rv) + np.float32(m.eps))
+        shift = bsh - _small(rm) * scale
     else:  # batch/instance statistics: a zero slice normalises to zero
         scale, shift = w, bsh
-    scale_zero = (scale == 0).numpy()
-    shift_zero = (shift == 0).numpy()
+    scale_zero = scale == 0
+    shift_zero = shift == 0
     out.zero[cax] = (scale_zero & shift_zero) | (x.zero[cax] & shift_zero)
-    sc, sh = scale.double().numpy(), shift.double().numpy()
+    sc, sh = scale.astype(np.float64), shift.astype(np.float64)
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and rm is not None:
         out.const[cax] = np.where(scale_zero, sh, x.constants(cax) * sc + sh)
     else:  # per-instance statistics: a constant slice normalises to zero

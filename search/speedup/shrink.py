@@ -71,9 +71,12 @@ def _set_tensor(module: nn.Module, attr: str, new: torch.Tensor) -> None:
 
 
 def _change(changes: dict[str, Change], module_name: str, module: nn.Module) -> Change:
-    return changes.setdefault(
-        module_name, Change(module_name, module, attrs={a: getattr(module, a) for a in _ATTRS if hasattr(module, a)})
-    )
+    change = changes.get(module_name)
+    if change is None:
+        # these size attributes are plain instance attributes (nn.Module.__getattr__ only finds tensors and modules)
+        own = module.__dict__
+        change = changes[module_name] = Change(module_name, module, attrs={a: own[a] for a in _ATTRS if a in own})
+    return change
 
 
 def apply_folds(

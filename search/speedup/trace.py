@@ -157,11 +157,11 @@ class _Recorder(fx.Interpreter):
             pass
         elif n.op in ("placeholder", "get_attr", "output"):
             result = super().run_node(n)
-        elif n.op == "call_module" and isinstance(self.module.get_submodule(str(n.target)), _NO_FLOP_MODULES):
+        elif n.op == "call_module" and isinstance(self.submodules[str(n.target)], _NO_FLOP_MODULES):
             result = super().run_node(n)
-        elif n.op == "call_module" and isinstance(self.module.get_submodule(str(n.target)), _MATMUL_MODULES):
+        elif n.op == "call_module" and isinstance(self.submodules[str(n.target)], _MATMUL_MODULES):
             result = super().run_node(n)
-            m = self.module.get_submodule(str(n.target))
+            m = self.submodules[str(n.target)]
             x = self.env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
             if type(m).forward in _KNOWN_FORWARDS and isinstance(x, torch.Tensor) and isinstance(result, torch.Tensor):
                 counted = CountedNode(n.name, str(n.target), tuple(x.shape), tuple(result.shape))
@@ -236,7 +236,7 @@ def _shape_shortcut(rec: _Recorder, n: fx.Node) -> torch.Tensor | None:
         return None
     x = args[0]
     if n.op == "call_module":
-        m = rec.module.get_submodule(str(n.target))
+        m = rec.submodules[str(n.target)]
         base = _SAME_SHAPE_FORWARDS.get(type(m).forward)
         if base is None or len(args) != 1 or n.kwargs or not _channels_fit(m, x):
             return None
