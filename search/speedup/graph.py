@@ -38,6 +38,15 @@ def carry(out: Value, b: int, x: Value, a: int, positions: np.ndarray | None = N
         out.const[b] = x.const[a][positions]
 
 
+#: templates to copy new fact arrays from (a slice copy costs less than np.full / np.ones per array)
+_NANS = np.full(4096, np.nan)
+_TRUES = np.ones(4096, dtype=bool)
+
+
+def _filled(template: np.ndarray, n: int) -> np.ndarray:
+    return template[:n].copy() if n <= template.size else np.full(n, template[0])
+
+
 @dataclass
 class Value:
     """A tensor in the graph (or a parameter / buffer) with one position row per axis."""
@@ -84,9 +93,9 @@ class ChannelGraph:
             self.size += int(n)
         value = Value(key=key, shape=tuple(int(n) for n in shape), offsets=offsets, is_param=is_param, producer=producer)
         value.zero = [np.zeros(n, dtype=bool) for n in value.shape]
-        value.const = [np.full(n, np.nan) for n in value.shape]
+        value.const = [_filled(_NANS, n) for n in value.shape]
         # Ignored until a consumer says otherwise; model outputs are marked used explicitly.
-        value.ignored = [np.ones(n, dtype=bool) for n in value.shape]
+        value.ignored = [_filled(_TRUES, n) for n in value.shape]
         self.values.append(value)
         return value
 

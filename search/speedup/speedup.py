@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from search.config import channel_dims, is_io_target
-from search.metrics import FlopCounter, _call, count_params
+from search.metrics import FlopCounter, _call
 from search.pruning.io import load_masks
 from search.speedup.analyze import Analyzer, slice_zero
 from search.speedup.report import ModuleRow, SpeedupReport
@@ -164,11 +164,11 @@ class ModelSpeedup:
         self._modules = dict(self.model.named_modules())
         self._check_masks()
         model = self.model
-        modes = {m: m.training for m in model.modules()}
+        modes = {m: m.training for m in self._modules.values()}
         model.eval()
         try:
             masked_rows, channel_rows = self._apply_masks()
-            params_before = count_params(model)
+            params_before = self._count_params()
             traced = trace_model(model, self.dummy_input)
             reference = self._reference(traced) if self.verify else []
             analyzer = Analyzer(traced, model, self._modules, channel_rows)
@@ -194,7 +194,7 @@ class ModelSpeedup:
             self.report = SpeedupReport(
                 rows=self._rows(analyzer, removable, explain, masked_rows),
                 params_before=params_before,
-                params_after=count_params(model),
+                params_after=self._count_params(),
                 flops_before=traced.flops,
                 flops_after=flops_after,
                 max_abs_diff=diff,
@@ -207,6 +207,15 @@ class ModelSpeedup:
                 module.training = training
         logger.info("speedup: %s", self.report)
         return model
+
+    def _count_params(self) -> int:
+        """:func:`search.metrics.count_params` from the module table (no walk of the module tree)."""
+        seen: dict[int, int] = {}
+        for module in self._modules.values():
+            for p in module._parameters.values():
+                if p is not None:
+                    seen[id(p)] = p.numel()
+        return sum(seen.values())
 
     def _reference(self, traced: Any) -> list[Tensor]:
         """The masked model's outputs on the dummy input (from the trace, unless it ran on the meta device)."""
@@ -259,7 +268,7 @@ class ModelSpeedup:
                     return None
                 if any(removable[v.ids(a)].any() for a in range(v.ndim) if a != cax):
                     return None
-        return recount_flops(traced, an.model)
+        return recount_flops(traced, an.model, an.modules)
 
     def _compare(self, reference: list[Tensor], result: list[Tensor]) -> float | None:
         if len(reference) != len(result):

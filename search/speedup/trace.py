@@ -120,7 +120,7 @@ def _leaf_flops(m: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ..
     return int(conv_flop_count(xs, list(w.shape), os_, transposed=isinstance(m, nn.modules.conv._ConvTransposeNd)))
 
 
-def recount_flops(traced: TracedModel, model: nn.Module) -> int | None:
+def recount_flops(traced: TracedModel, model: nn.Module, modules: dict[str, nn.Module] | None = None) -> int | None:
     """FLOPs of ``model`` now, from the traced shapes and the modules' current weights.
 
     Valid after speedup when every counted FLOP came from Conv/Linear leaf calls (``None``
@@ -128,7 +128,7 @@ def recount_flops(traced: TracedModel, model: nn.Module) -> int | None:
     """
     if traced.flops_by_mode:
         return None
-    modules = dict(model.named_modules())
+    modules = modules if modules is not None else dict(model.named_modules())
     return sum(_leaf_flops(modules[c.module], c.input_shape, c.output_shape) for c in traced.counted)
 
 
