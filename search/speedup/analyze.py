@@ -173,10 +173,14 @@ class Analyzer:
         model: nn.Module,
         modules: dict[str, nn.Module] | None = None,
         mask_rows: dict[str, np.ndarray] | None = None,
+        masked: set[str] | None = None,
     ) -> None:
         self.traced = traced
         #: module name -> output rows its channel mask zeroed (the rest of its weight is taken as non-zero)
         self.mask_rows = mask_rows or {}
+        #: when given, the modules that have a weight mask: the others' weights are taken as dense
+        #: (speedup removes what masks remove; a coincidental zero in an unmasked weight is no reason to read it)
+        self.masked = masked
         self.model = model
         self.modules = modules if modules is not None else dict(model.named_modules())
         self.g = ChannelGraph()
@@ -242,10 +246,13 @@ class Analyzer:
     def pairs(self, w: Value, weight: torch.Tensor) -> PairMatrix | RowPairs:
         """Which ``(out, in)`` slices of the weight behind ``w`` are non-zero (see :class:`RowPairs`)."""
         if weight.dim() >= 2:
-            for module_name, attr in self.owners.get(w.key, ()):
+            owners = self.owners.get(w.key, ())
+            for module_name, attr in owners:
                 rows = self.mask_rows.get(module_name) if attr == "weight" else None
                 if rows is not None and rows.shape == (weight.shape[0],):
                     return RowPairs(rows, weight.shape[1])
+            if self.masked is not None and owners and not any(name in self.masked for name, _ in owners):
+                return RowPairs(np.zeros(weight.shape[0], dtype=bool), weight.shape[1])
         return PairMatrix(nonzero_pairs(weight, self.scratch))
 
     def tensor(self, module_name: str, attr: str) -> torch.Tensor:

@@ -19,7 +19,6 @@ changes no output: that is what makes the compact model exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -47,20 +46,49 @@ def _filled(template: np.ndarray, n: int) -> np.ndarray:
     return template[:n].copy() if n <= template.size else np.full(n, template[0])
 
 
-@dataclass
 class Value:
-    """A tensor in the graph (or a parameter / buffer) with one position row per axis."""
+    """A tensor in the graph (or a parameter / buffer) with one position row per axis.
 
-    key: str
-    shape: tuple[int, ...]
-    offsets: list[int]
-    is_param: bool = False
-    zero: list[np.ndarray] = field(default_factory=list)
-    ignored: list[np.ndarray] = field(default_factory=list)
-    #: per axis, the constant value of each slice where known (NaN: unknown; zero slices are 0)
-    const: list[np.ndarray] = field(default_factory=list)
-    consumed: bool = False
-    producer: str = ""
+    Per axis it carries three facts (NumPy arrays over the axis' positions): ``zero``, ``ignored``
+    (see the module docstring) and ``const``, the constant value of each slice where known (NaN:
+    unknown; zero slices are 0). They are allocated on first use: most parameters never need them.
+    """
+
+    __slots__ = ("key", "shape", "offsets", "is_param", "consumed", "producer", "_zero", "_ignored", "_const")
+
+    def __init__(self, key: str, shape: tuple[int, ...], offsets: list[int], is_param: bool = False,
+                 producer: str = "") -> None:
+        self.key = key
+        self.shape = shape
+        self.offsets = offsets
+        self.is_param = is_param
+        self.consumed = False
+        self.producer = producer
+        self._zero: list[np.ndarray] | None = None
+        self._ignored: list[np.ndarray] | None = None
+        self._const: list[np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        return f"Value({self.key!r}, shape={self.shape})"
+
+    @property
+    def zero(self) -> list[np.ndarray]:
+        if self._zero is None:
+            self._zero = [np.zeros(n, dtype=bool) for n in self.shape]
+        return self._zero
+
+    @property
+    def ignored(self) -> list[np.ndarray]:
+        """Ignored until a consumer says otherwise; model outputs are marked used explicitly."""
+        if self._ignored is None:
+            self._ignored = [_filled(_TRUES, n) for n in self.shape]
+        return self._ignored
+
+    @property
+    def const(self) -> list[np.ndarray]:
+        if self._const is None:
+            self._const = [_filled(_NANS, n) for n in self.shape]
+        return self._const
 
     @property
     def ndim(self) -> int:
@@ -91,11 +119,7 @@ class ChannelGraph:
         for n in shape:
             offsets.append(self.size)
             self.size += int(n)
-        value = Value(key=key, shape=tuple(int(n) for n in shape), offsets=offsets, is_param=is_param, producer=producer)
-        value.zero = [np.zeros(n, dtype=bool) for n in value.shape]
-        value.const = [_filled(_NANS, n) for n in value.shape]
-        # Ignored until a consumer says otherwise; model outputs are marked used explicitly.
-        value.ignored = [_filled(_TRUES, n) for n in value.shape]
+        value = Value(key, tuple(int(n) for n in shape), offsets, is_param, producer)
         self.values.append(value)
         return value
 

@@ -171,7 +171,8 @@ class ModelSpeedup:
             params_before = self._count_params()
             traced = trace_model(model, self.dummy_input)
             reference = self._reference(traced) if self.verify else []
-            analyzer = Analyzer(traced, model, self._modules, channel_rows)
+            masked = {name for name, targets in self.masks.items() if targets.get("weight") is not None}
+            analyzer = Analyzer(traced, model, self._modules, channel_rows, masked)
             analyzer.run()
             removable, explain = self._decide(analyzer)
             try:

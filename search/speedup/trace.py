@@ -240,11 +240,11 @@ def _shape_shortcut(rec: _Recorder, n: fx.Node) -> torch.Tensor | None:
         base = _SAME_SHAPE_FORWARDS.get(type(m).forward)
         if base is None or len(args) != 1 or n.kwargs or not _channels_fit(m, x):
             return None
-        return x if getattr(m, "inplace", False) is True else torch.empty_like(x)
+        return x if getattr(m, "inplace", False) is True else meta_like(x)
     name = _call_name(n)
     if name in _SAME_SHAPE_CALLS and not any(isinstance(a, torch.Tensor) for a in args[1:]):
         in_place = name.endswith("_") or n.kwargs.get("inplace") is True
-        return x if in_place else torch.empty_like(x)
+        return x if in_place else meta_like(x)
     if name in _BINARY_CALLS and len(args) == 2:
         out = _broadcast(x, args[1])
         in_place = name.endswith("_") or name.startswith("i")
@@ -301,9 +301,14 @@ def _record(
     return recorder
 
 
+def meta_like(t: torch.Tensor) -> torch.Tensor:
+    """A meta tensor with ``t``'s shape, strides and dtype (``empty_like`` on meta runs Python reference code)."""
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+
+
 def to_meta(x: Any) -> Any:
     """``x`` (a tensor or a structure of them) with every tensor replaced by a meta tensor of its shape."""
-    return map_aggregate(x, lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t)
+    return map_aggregate(x, lambda t: meta_like(t) if isinstance(t, torch.Tensor) else t)
 
 
 @contextlib.contextmanager
@@ -323,7 +328,7 @@ def on_meta(model: nn.Module) -> Iterator[None]:
                         continue
                     twin = twins.get(id(tensor))
                     if twin is None:
-                        twin = torch.empty_like(tensor, device="meta")
+                        twin = meta_like(tensor)
                         if isinstance(tensor, nn.Parameter):
                             twin = nn.Parameter(twin, requires_grad=tensor.requires_grad)
                         twins[id(tensor)] = twin
