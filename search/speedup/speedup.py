@@ -294,9 +294,15 @@ class ModelSpeedup:
         n, labels = g.components()
         pinned, first_reason, reasons = g.pin_reasons()
         is_value, dead = g.dead_array()
-        comp_pinned = np.bincount(labels, weights=pinned, minlength=n) > 0
-        comp_alive = np.bincount(labels, weights=is_value & ~dead, minlength=n) > 0
-        comp_has_value = np.bincount(labels, weights=is_value, minlength=n) > 0
+
+        def any_in_component(positions: np.ndarray) -> np.ndarray:
+            hit = np.zeros(n, dtype=bool)
+            hit[labels[positions]] = True
+            return hit
+
+        comp_pinned = any_in_component(pinned)
+        comp_alive = any_in_component(is_value & ~dead)
+        comp_has_value = any_in_component(is_value)
         ok = ~comp_pinned & ~comp_alive & comp_has_value
         # Never empty an axis: keep one component of any tensor axis that would vanish. Screened
         # for all axes at once (count of kept positions per axis block); the few axes that would
@@ -320,15 +326,18 @@ class ModelSpeedup:
         comps, first = np.unique(labels[pinned_ids], return_index=True)
         for c, i in zip(comps, first, strict=True):
             comp_reason[int(c)] = reasons[first_reason[pinned_ids[i]]]
-        owner = np.full(an.g.size, -1, dtype=np.int64)
-        for i, v in enumerate(an.g.values):
-            if not v.is_param and v.ndim:
-                owner[v.offsets[0] : v.offsets[-1] + v.shape[-1]] = i
-        alive = np.nonzero(is_value & ~dead)[0]
-        alive_comps, first_alive = np.unique(labels[alive], return_index=True)
-        live_owner = dict(zip(alive_comps.tolist(), alive[first_alive].tolist(), strict=True))
+        lookup: list[Any] = []  # (owner value of each position, first live position of each component), on demand
 
         def describe_live(c: int) -> str | None:
+            if not lookup:
+                owner = np.full(an.g.size, -1, dtype=np.int64)
+                for i, v in enumerate(an.g.values):
+                    if not v.is_param and v.ndim:
+                        owner[v.offsets[0] : v.offsets[-1] + v.shape[-1]] = i
+                alive = np.nonzero(is_value & ~dead)[0]
+                alive_comps, first_alive = np.unique(labels[alive], return_index=True)
+                lookup.extend((owner, dict(zip(alive_comps.tolist(), alive[first_alive].tolist(), strict=True))))
+            owner, live_owner = lookup
             pos = live_owner.get(c)
             if pos is None or owner[pos] < 0:
                 return None
