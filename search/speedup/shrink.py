@@ -138,10 +138,10 @@ def _remove(
     sliced: dict[int, torch.Tensor] = {}  # original tensor id -> its new tensor (keeps tied weights tied)
     for (module_name, attr), pv in params.items():
         keeps = {}
-        for axis in range(pv.ndim):
-            gone = removable[pv.ids(axis)]
+        for axis, start in enumerate(pv.offsets):
+            gone = removable[start : start + pv.shape[axis]]
             if gone.any():
-                keeps[axis] = np.nonzero(~gone)[0]
+                keeps[axis] = np.flatnonzero(~gone)
         if not keeps:
             continue
         plan.keep[(module_name, attr)] = {axis: keep.tolist() for axis, keep in keeps.items()}
@@ -156,7 +156,7 @@ def _remove(
             continue
         new = tensor.detach()
         for axis, keep in keeps.items():  # index_select copies: the new tensor shares nothing with the old
-            new = new.index_select(axis, torch.as_tensor(keep, dtype=torch.long, device=new.device))
+            new = new.index_select(axis, torch.from_numpy(keep).to(new.device))
         _set_tensor(module, attr, new)
         sliced[id(tensor)] = getattr(module, attr)
         if attr == "weight" and module_name in created and 0 in keeps:
