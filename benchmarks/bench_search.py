@@ -226,6 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pruner", default=None, help="trial pruner of the hard part (l1, group_l1, taylor)")
     p.add_argument("--gradual", type=int, default=None,
                    help="prune during each trial's finetune in this many steps, hard part (default 0: before it)")
+    p.add_argument("--trial-lr", type=float, default=None,
+                   help="peak learning rate of a search trial's finetune in the hard part (default: the setting's)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for the in-process parts (default 1)")
     p.add_argument("--write", action="store_true", help=f"replace the {SECTION} section of BENCHMARKS.md")
     p.add_argument("--output", type=Path, default=C.BENCHMARKS_MD, help="file for --write (default BENCHMARKS.md)")
@@ -256,6 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         settings["hard"] = replace(settings["hard"], pruner=args.pruner)
     if args.gradual is not None:
         settings["hard"] = replace(settings["hard"], gradual=args.gradual)
+    if args.trial_lr is not None:
+        settings["hard"] = replace(settings["hard"], trial=replace(settings["hard"].trial, lr=args.trial_lr))
     if args.mnist_seeds:
         settings["mnist"] = replace(settings["mnist"], seeds=args.mnist_seeds)
     args.settings = settings

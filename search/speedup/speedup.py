@@ -21,7 +21,7 @@ from search.pruning.io import load_masks
 from search.speedup.analyze import Analyzer, slice_zero
 from search.speedup.report import ModuleRow, SpeedupReport
 from search.speedup.shrink import SpeedupPlan, apply_removal, rollback
-from search.speedup.trace import on_meta, recount_flops, to_meta, trace_model
+from search.speedup.trace import recount_flops, trace_model
 
 __all__ = ["ModelSpeedup", "SpeedupError"]
 
@@ -229,24 +229,17 @@ class ModelSpeedup:
     def _run_compact(self, reference: list[Tensor], flops_after: int | None) -> tuple[int, float | None]:
         """(FLOPs, max abs diff) of the compact model on the dummy input (diff ``None`` if unverified).
 
-        FLOPs are counted while it runs when they could not be recomputed from shapes; without
-        verification that run is on the meta device (shapes only) where the model allows it.
+        FLOPs are counted while it runs when they could not be recomputed from shapes (a real run:
+        composite operators such as attention may count differently on the meta device).
         """
         counter = FlopCounter() if flops_after is None else contextlib.nullcontext()
-        if not self.verify:
-            with torch.no_grad(), counter:
-                try:
-                    with on_meta(self.model):
-                        _call(self.model, to_meta(self.dummy_input))
-                except Exception:  # the model needs real values: count on a real run
-                    counter.total = 0
-                    _call(self.model, self.dummy_input)
-            return counter.total, None
         with torch.no_grad(), counter:
             result = _flat_tensors(_call(self.model, self.dummy_input))
         if isinstance(counter, FlopCounter):
             flops_after = counter.total
         assert flops_after is not None
+        if not self.verify:
+            return flops_after, None
         return flops_after, self._compare(reference, result)
 
     @staticmethod

@@ -200,14 +200,15 @@ _SAME_COUNT_ON_META = frozenset({
 class _NeedsRealRun(Exception):
     """A node whose shape-only recording could differ from a real run."""
 
+
 #: module forwards whose output has the input's shape and dtype (norms checked for their channel count)
-_SAME_SHAPE_FORWARDS = {
-    cls.forward: cls for cls in (
+_SAME_SHAPE_FORWARDS = frozenset(
+    cls.forward for cls in (
         nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU,
         nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
         nn.Mish, nn.Softplus, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
     )
-}
+)
 #: functions and methods of one tensor (other arguments plain Python) whose output has its shape and dtype
 _SAME_SHAPE_CALLS = frozenset({
     "relu", "relu_", "relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu", "hardswish", "hardsigmoid",
@@ -237,8 +238,7 @@ def _shape_shortcut(rec: _Recorder, n: fx.Node) -> torch.Tensor | None:
     x = args[0]
     if n.op == "call_module":
         m = rec.submodules[str(n.target)]
-        base = _SAME_SHAPE_FORWARDS.get(type(m).forward)
-        if base is None or len(args) != 1 or n.kwargs or not _channels_fit(m, x):
+        if type(m).forward not in _SAME_SHAPE_FORWARDS or len(args) != 1 or n.kwargs or not _channels_fit(m, x):
             return None
         return x if getattr(m, "inplace", False) is True else meta_like(x)
     name = _call_name(n)
