@@ -1,7 +1,7 @@
 """Cost bounds in the annealing searches and the sign of AMC's reward (fixes found by benchmarks/bench_search.py).
 
 * SimulatedAnnealing / AutoCompress with a ``max_flops_ratio`` and a ``dummy_input``: every candidate is
-  predicted within the bound before it runs (:class:`~search.algorithms.annealing.BudgetRepair`), and a
+  predicted within the bound before it runs (:class:`~search.algorithms.allocation.BudgetRepair`), and a
   result measured over a bound is never accepted as the current allocation nor kept as the best.
 * AMC with ``best_result_mode='minimize'`` (a loss as the score) learns to lower the score.
 """
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from search.algorithms import AMCTaskGenerator, AutoCompressTaskGenerator, SimulatedAnnealingTaskGenerator
-from search.algorithms.annealing import BudgetRepair, allocation_layers
+from search.algorithms.allocation import BudgetRepair, allocation_layers
 from search.scheduling import Constraints, TaskGenerator, TaskResult
 from search.zoo import get_dummy_input, get_model
 

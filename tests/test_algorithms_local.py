@@ -26,7 +26,8 @@ from search.algorithms import (
     SimulatedAnnealingPruner,
     SimulatedAnnealingTaskGenerator,
 )
-from search.algorithms.annealing import AnnealingSchedule, allocation_layers, rescale, weighted_ratio
+from search.algorithms.allocation import allocation_layers, rescale, weighted_ratio
+from search.algorithms.annealing import AnnealingSchedule
 from search.pruning import TorchEvaluator
 from search.scheduling import Task, TaskGenerator, TaskResult
 from search.zoo import evaluate_accuracy, get_dummy_input, get_model, train_epochs

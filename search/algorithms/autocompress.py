@@ -42,9 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from search.algorithms.annealing import (
-    Annealer,
-    AnnealingSchedule,
+from search.algorithms.allocation import (
     BudgetRepair,
     SearchPruner,
     allocation_layers,
@@ -55,6 +53,7 @@ from search.algorithms.annealing import (
     rescale,
     weighted_ratio,
 )
+from search.algorithms.annealing import Annealer, AnnealingSchedule
 from search.pruning import BasicPruner, Evaluator, Pruner, SparsityAllocator, TorchEvaluator
 from search.pruning.registry import get_pruner_class, register_pruner
 from search.pruning.tools import DataCollector, NormMetricsCalculator, TargetDataCollector
@@ -215,7 +214,7 @@ class AutoCompressTaskGenerator(TaskGenerator):
             accepted nor kept as the best allocation.
         dummy_input: an input of the model; with a ``max_flops_ratio`` / ``max_params_ratio``
             bound, the last iteration's candidates predicted over it are moved onto it before they
-            run (see :class:`~search.algorithms.annealing.BudgetRepair`).
+            run (see :class:`~search.algorithms.allocation.BudgetRepair`).
 
     Task ``params``: ``iteration``, ``phase`` (``'search'`` or ``'admm'``), ``ratios``,
     ``requested_sparsity``; search tasks also ``round``, ``candidate`` and ``temperature``.

@@ -36,7 +36,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from search.algorithms.annealing import (
+from search.algorithms.allocation import (
     CandidateRound,
     LayerSpec,
     SearchPruner,

@@ -51,7 +51,7 @@ from typing import Any
 from torch import nn
 
 from search.algorithms._budget import LayerCostModel, resolve_layers
-from search.algorithms.annealing import SearchPruner
+from search.algorithms.allocation import SearchPruner
 from search.pruning import Pruner
 from search.scheduling import Constraints, Proposal, PruningScheduler, TaskGenerator, TaskResult
 
