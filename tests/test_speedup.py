@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -918,3 +919,25 @@ def test_input_channel_masks_still_read_the_weights() -> None:
     ModelSpeedup(model, x, {"2": {"weight": mask}}).speedup_model()
     assert (model[0].out_channels, model[2].in_channels) == (5, 5)
     torch.testing.assert_close(_call(model, x), reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["concat", "depthwise", "grouped_conv", "channel_shuffle", "attention", "flatten_linear",
+                                  "pixel_shuffle", "recurrent", "mobilenet_v2"])
+def test_components_merge_whole_axes_without_changing_the_partition(name: str) -> None:
+    """Whole-axis links are merged by union-find before the position-level pass; the components must be
+    exactly those of the plain graph over every position."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415
+    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
+
+    from search.speedup.analyze import analyze_model  # noqa: PLC0415
+
+    model, x = CASES[name].build()
+    g = analyze_model(model, x).g
+    _, labels = g.components()
+    a = np.concatenate([np.arange(s, s + n) for s, _, n in g._block_links] + list(g._links_a))
+    b = np.concatenate([np.arange(t, t + n) for _, t, n in g._block_links] + list(g._links_b))
+    _, plain = connected_components(coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(g.size, g.size)),
+                                    directed=False)
+    pairs = np.unique(np.stack([labels, plain], axis=1), axis=0)  # the same partition: labels correspond one to one
+    assert len(pairs) == len(np.unique(labels)) == len(np.unique(plain))
+    assert g._block_links  # the fast path was taken

@@ -107,6 +107,9 @@ class ChannelGraph:
 
     def __init__(self) -> None:
         self.size = 0
+        #: one-to-one links between whole axes: (start of a's axis, start of b's axis, length)
+        self._block_links: list[tuple[int, int, int]] = []
+        #: other links, position by position
         self._links_a: list[np.ndarray] = []
         self._links_b: list[np.ndarray] = []
         self.pinned: dict[int, str] = {}
@@ -129,12 +132,17 @@ class ChannelGraph:
         ``mapping[j]`` is the position of ``a`` that ``b``'s position ``j`` belongs to; ``None``
         means one-to-one (the sizes must match).
         """
+        n = b.shape[axis_b]
         if mapping is None:
-            if a.shape[axis_a] != b.shape[axis_b]:
-                raise ValueError(f"cannot link {a.key}[{axis_a}] ({a.shape[axis_a]}) with {b.key}[{axis_b}] ({b.shape[axis_b]})")
-            self._links_a.append(a.ids(axis_a))
-        else:
-            self._links_a.append(a.offsets[axis_a] + np.asarray(mapping, dtype=np.int64))
+            if a.shape[axis_a] != n:
+                raise ValueError(f"cannot link {a.key}[{axis_a}] ({a.shape[axis_a]}) with {b.key}[{axis_b}] ({n})")
+            self._block_links.append((a.offsets[axis_a], b.offsets[axis_b], n))
+            return
+        mapping = np.asarray(mapping, dtype=np.int64)
+        if a.shape[axis_a] == n and np.array_equal(mapping, np.arange(n)):
+            self._block_links.append((a.offsets[axis_a], b.offsets[axis_b], n))
+            return
+        self._links_a.append(a.offsets[axis_a] + mapping)
         self._links_b.append(b.ids(axis_b))
 
     def pin(self, value: Value, axis: int, reason: str, positions: np.ndarray | None = None) -> None:
@@ -147,13 +155,46 @@ class ChannelGraph:
 
     # -- analysis ---------------------------------------------------------------------------------
     def components(self) -> tuple[int, np.ndarray]:
+        """(number of labels, component label of every position); some labels may name no position.
+
+        Most links join two whole axes one to one (a conv's output channels and the BN's after
+        it...). Those are merged first at the level of axes: each class of axes joined that way
+        is one row of positions, represented by one of its axes (union-find over a few hundred
+        axes instead of a graph over every position). The remaining, position-level links are
+        then translated onto the representatives and resolved by a sparse connected-components
+        pass.
+        """
+        length: dict[int, int] = {}
+        links = [(a, b, n) for a, b, n in self._block_links if n > 0]  # an empty axis starts where the next one does
+        for a, b, n in links:
+            length[a] = length[b] = n
+        parent = {start: start for start in length}
+
+        def root(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for a, b, _ in links:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        canon = np.arange(self.size, dtype=np.int64)  # each position's representative position
+        for start, n in length.items():
+            r = root(start)
+            if r != start:
+                canon[start : start + n] = canon[r : r + n]  # the root is the class's smallest start: unmoved
         if self._links_a:
-            a = np.concatenate(self._links_a)
-            b = np.concatenate(self._links_b)
+            a = canon[np.concatenate(self._links_a)]
+            b = canon[np.concatenate(self._links_b)]
         else:
             a = b = np.zeros(0, dtype=np.int64)
         matrix = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(self.size, self.size))
-        return connected_components(matrix, directed=False)
+        n_labels, labels = connected_components(matrix, directed=False)
+        # positions folded onto a representative take its label; their own labels stay unused,
+        # so some of the n_labels labels name no position (callers index arrays of n_labels)
+        return n_labels, labels[canon]
 
     def pin_reasons(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(pinned bool array, index of each position's first pin reason or -1, reasons)."""
