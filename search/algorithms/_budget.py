@@ -388,7 +388,7 @@ class _ChannelFacts:
         probe = copy.deepcopy(model)
         probe.eval()
         try:
-            analyzer = Analyzer(trace_model(probe, dummy_input), probe)
+            analyzer = Analyzer(trace_model(probe, dummy_input), probe, masked=set())  # structure only: no weight read
             graph = analyzer.run()
             _, labels = graph.components()
             pinned_positions, _, _ = graph.pin_reasons()

@@ -486,13 +486,17 @@ def _has_tensor(structure: Any) -> bool:
 
 
 def analyze_model(model: nn.Module, dummy_input: Any) -> Analyzer:
-    """Trace ``model`` in eval mode on ``dummy_input`` and build its channel graph (training mode restored)."""
+    """Trace ``model`` in eval mode on ``dummy_input`` and build its channel graph (training mode restored).
+
+    For the structure only (which channels are coupled, what is pinned): every weight is taken as
+    dense, so no weight is read (zero facts of weights are for speedup, which knows the masks).
+    """
     from search.speedup.trace import trace_model  # noqa: PLC0415
 
     was_training = model.training
     model.eval()
     try:
-        analyzer = Analyzer(trace_model(model, dummy_input), model)
+        analyzer = Analyzer(trace_model(model, dummy_input), model, masked=set())
         analyzer.run()
     finally:
         model.train(was_training)
