@@ -168,10 +168,25 @@ SCORES = [0.5, 0.9, 0.2, 0.9]
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("latest", 3), ("maximize", 1), ("minimize", 2)])
-def test_best_of_picks_by_mode_and_ties_go_to_the_earlier_task(mode: str, expected: int) -> None:
+def test_best_of_picks_by_mode_and_equal_scores_go_to_the_earlier_task(mode: str, expected: int) -> None:
     results = [TaskResult(i, score=s) for i, s in enumerate(SCORES)]
     assert best_of(results, mode).task_id == expected
     assert best_of(list(reversed(results)), mode).task_id == expected  # order of arrival does not matter
+
+
+@pytest.mark.parametrize("mode", ["maximize", "minimize"])
+def test_equal_scores_go_to_the_smaller_model(mode: str) -> None:
+    """An accuracy on a test split is a multiple of 1/N: ties are common, and the smaller model should win them."""
+    results = [
+        TaskResult(0, score=0.9, metrics={"flops_ratio": 0.5, "params_ratio": 0.5}),
+        TaskResult(1, score=0.9, metrics={"flops_ratio": 0.3, "params_ratio": 0.6}),
+        TaskResult(2, score=0.9, metrics={"flops_ratio": 0.3, "params_ratio": 0.4}),
+        TaskResult(3, score=0.9),  # no cost measured: never preferred on a tie
+        TaskResult(4, score=0.8 if mode == "maximize" else 1.0, metrics={"flops_ratio": 0.1, "params_ratio": 0.1}),
+    ]
+    assert best_of(results, mode).task_id == 2
+    assert best_of(list(reversed(results)), mode).task_id == 2
+    assert best_of([results[0], results[3]], mode).task_id == 0
 
 
 @pytest.mark.parametrize("mode", ["maximize", "minimize"])

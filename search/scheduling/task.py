@@ -121,7 +121,9 @@ class TaskResult:
 def best_of(results: list[TaskResult], mode: str, feasible: Any = None) -> TaskResult | None:
     """The best result by ``mode`` (``latest``, ``maximize``, ``minimize``) among the feasible ones.
 
-    Results without a score count only under ``latest`` (as NNI falls back to ``latest``).
+    Results without a score count only under ``latest`` (as NNI falls back to ``latest``). Equal
+    scores (an accuracy on a test split is a multiple of 1/N, so ties are common) go to the smaller
+    model: lower FLOPs ratio, then lower params ratio, then the earlier task.
     """
     candidates = [r for r in results if r.ok and (feasible is None or feasible(r))]
     if not candidates:
@@ -130,7 +132,17 @@ def best_of(results: list[TaskResult], mode: str, feasible: Any = None) -> TaskR
     if mode == "latest" or not scored:
         return max(candidates, key=lambda r: r.task_id)
     if mode == "maximize":
-        return max(scored, key=lambda r: (r.score, -r.task_id))
+        return min(scored, key=lambda r: (-r.score, *_cost(r), r.task_id))  # type: ignore[operator]
     if mode == "minimize":
-        return min(scored, key=lambda r: (r.score, r.task_id))
+        return min(scored, key=lambda r: (r.score, *_cost(r), r.task_id))
     raise ValueError(f"best_result_mode must be 'latest', 'maximize' or 'minimize', got {mode!r}")
+
+
+def _cost(r: TaskResult) -> tuple[float, float]:
+    """(FLOPs ratio, params ratio) of a result; a missing or NaN one sorts last."""
+
+    def ratio(key: str) -> float:
+        value = r.metrics.get(key)
+        return float(value) if isinstance(value, int | float) and not math.isnan(value) else math.inf
+
+    return ratio("flops_ratio"), ratio("params_ratio")
