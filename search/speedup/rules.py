@@ -174,20 +174,19 @@ def _known_activation(an: Analyzer, node: fx.Node, inp: fx.Node) -> Callable[[np
     meta = an.traced.values.get(inp.name)
     if not isinstance(meta, torch.Tensor) or meta.dtype != torch.float32:
         return None
+    bounds: tuple[float, float] | None = None
     if node.op == "call_module":
         m = an.modules[str(node.target)]
         if type(m) is nn.ReLU:
-            return lambda c: np.maximum(c, np.float32(0))
-        if type(m) in (nn.ReLU6, nn.Hardtanh):
-            lo, hi = np.float32(m.min_val), np.float32(m.max_val)  # type: ignore[union-attr]
-            return lambda c: np.minimum(np.maximum(c, lo), hi)
+            bounds = (0.0, np.inf)
+        elif type(m) in (nn.ReLU6, nn.Hardtanh):
+            bounds = (m.min_val, m.max_val)  # type: ignore[union-attr]
+    elif not node.args[1:] and all(k == "inplace" for k in node.kwargs):
+        bounds = {"relu": (0.0, np.inf), "relu_": (0.0, np.inf), "relu6": (0.0, 6.0)}.get(op_name(node))
+    if bounds is None:
         return None
-    extra = [a for a in node.args[1:]] + [v for k, v in node.kwargs.items() if k != "inplace"]
-    if op_name(node) in ("relu", "relu_") and not extra:
-        return lambda c: np.maximum(c, np.float32(0))
-    if op_name(node) == "relu6" and not extra:
-        return lambda c: np.minimum(np.maximum(c, np.float32(0)), np.float32(6))
-    return None
+    lo, hi = np.float32(bounds[0]), np.float32(bounds[1])
+    return lambda c: np.minimum(np.maximum(c, lo), hi)
 
 
 def _unary_constants(an: Analyzer, node: fx.Node, inp: fx.Node, x: Value, axis: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from search.config import channel_dims, is_io_target
-from search.metrics import FlopCounter, _call
+from search.metrics import FlopCounter, _call, count_params
 from search.pruning.io import load_masks
 from search.speedup.analyze import Analyzer, slice_zero
 from search.speedup.report import ModuleRow, SpeedupReport
@@ -168,7 +168,7 @@ class ModelSpeedup:
         model.eval()
         try:
             masked_rows, channel_rows = self._apply_masks()
-            params_before = self._count_params()
+            params_before = count_params(model)
             traced = trace_model(model, self.dummy_input)
             reference = self._reference(traced) if self.verify else []
             masked = {name for name, targets in self.masks.items() if targets.get("weight") is not None}
@@ -195,7 +195,7 @@ class ModelSpeedup:
             self.report = SpeedupReport(
                 rows=self._rows(analyzer, removable, explain, masked_rows),
                 params_before=params_before,
-                params_after=self._count_params(),
+                params_after=count_params(model),
                 flops_before=traced.flops,
                 flops_after=flops_after,
                 max_abs_diff=diff,
@@ -208,15 +208,6 @@ class ModelSpeedup:
                 module.training = training
         logger.info("speedup: %s", self.report)
         return model
-
-    def _count_params(self) -> int:
-        """:func:`search.metrics.count_params` from the module table (no walk of the module tree)."""
-        seen: dict[int, int] = {}
-        for module in self._modules.values():
-            for p in module._parameters.values():
-                if p is not None:
-                    seen[id(p)] = p.numel()
-        return sum(seen.values())
 
     def _reference(self, traced: Any) -> list[Tensor]:
         """The masked model's outputs on the dummy input (from the trace, unless it ran on the meta device)."""

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import conv_flop_count
 
 from search.metrics import FlopCounter, split_inputs
 
-__all__ = ["CountedNode", "TracedModel", "on_meta", "recount_flops", "to_meta", "trace_model"]
+__all__ = ["CountedNode", "TracedModel", "recount_flops", "trace_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def _call_name(n: fx.Node) -> str:
 
 
 def _summarize(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor) and not x.is_meta:  # a meta tensor already is its own summary
         return torch.empty(x.shape, dtype=x.dtype, device="meta")
     return x
 
