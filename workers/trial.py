@@ -6,13 +6,18 @@ named pruner, finetunes the masked model, evaluates it on the data set's test sp
 copy and measures it against the origin model, and writes its artifacts:
 
 ``weights.safetensors``
-    the finetuned weights with the masks multiplied in (what child trials start from);
+    the finetuned weights with the masks multiplied in (what child trials start from; a refine step
+    before the last saves them as they are, see :func:`search.scheduling.scheduler.hands_on`);
 ``masks.safetensors``
     the masks ``{module: {target: mask}}``;
 ``compact/``
     the compact model (``compact.json`` = factory + speedup plan, ``model.safetensors``), loaded
     with :func:`search.speedup.load_compact_model`;
 ``result.json`` and ``trial.log``.
+
+A step of a search's refine phase (``task.params['refine']``, see
+:class:`~search.scheduling.TaskGenerator`) cuts during its finetune instead of before it, its
+segment of the refine phase's schedule (:func:`~search.scheduling.generator.refine_schedule`).
 
 A *pretrain* trial (``task.params == {'pretrain': epochs}``) trains the origin model instead, so a
 search whose spec gives no weights starts from a trained model.
@@ -57,9 +62,12 @@ import torch
 from torch import nn
 
 from search.metrics import measure_latency, model_cost
+from search.pruning.gradual import GradualPruning, GradualSchedule
 from search.pruning.io import load_masks, load_state_dict, save_masks, save_state_dict
 from search.pruning.registry import get_pruner_class, make_pruner
 from search.scheduling import TaskResult, achieved_sparsity
+from search.scheduling.generator import refine_schedule
+from search.scheduling.scheduler import hands_on
 from search.speedup import ModelSpeedup, SpeedupPlan, resolve_factory, save_compact_model
 from search.zoo import get_dataset, get_dummy_input, list_models, model_entry, resolve_device, train_epochs
 from workers.spec import ModelSpec, SpecError, TrialSettings, TrialSpec
@@ -323,7 +331,8 @@ def _evaluator(model: nn.Module, data: Any, spec: TrialSpec, device: torch.devic
 
 
 def _prune(model: nn.Module, spec: TrialSpec, masks_in: dict[str, dict[str, torch.Tensor]], data: Any,
-           device: torch.device, progress: ProgressFn | None) -> tuple[dict[str, dict[str, torch.Tensor]], Any]:
+           device: torch.device, progress: ProgressFn | None,
+           compress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], Any]:
     name = spec.task.get("params", {}).get("pruner")  # a task may ask for another pruner (AutoCompress: admm)
     if name is None:
         name, kwargs = spec.pruner_name, dict(spec.pruner_kwargs)
@@ -346,10 +355,24 @@ def _prune(model: nn.Module, spec: TrialSpec, masks_in: dict[str, dict[str, torc
     pruner = make_pruner(cls, model, spec.config_list, **kwargs)
     if masks_in:
         pruner.load_masks(masks_in)
-    if spec.config_list:
+    if spec.config_list and compress:
         pruner.compress()
     logger.info("pruned with %s: %d modules masked", name, len(pruner.get_masks()))
     return pruner.get_masks(), pruner
+
+
+def _gradual_schedule(spec: TrialSpec, data: Any) -> GradualSchedule | None:
+    """A refine step (``params['refine']``) prunes during its finetune: its segment of the refine phase's schedule.
+
+    Not when the task prunes with a task pruner (ADMM), rewinds weights, has nothing to prune or nothing to train.
+    """
+    params = spec.task.get("params", {})
+    epochs = spec.settings.finetune_epochs
+    if ("refine" not in params or params.get("pruner") is not None or spec.reset_weight or not spec.config_list
+            or epochs <= 0):
+        return None
+    steps = epochs * max(1, math.ceil(len(data.train) / spec.settings.batch_size))
+    return refine_schedule(int(params["refine"]), int(params["steps"]), steps)
 
 
 def _rewind(model: nn.Module, origin: nn.Module) -> None:
@@ -399,6 +422,7 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> TrialResul
         origin_cost = model_cost(origin, dummy)
         model = copy.deepcopy(origin)
         masks: dict[str, dict[str, torch.Tensor]] = {}
+        handed_on: dict[str, torch.Tensor] | None = None
         if spec.parent_artifact is not None:
             parent = Path(spec.parent_artifact)
             load_weights(model, parent / WEIGHTS_FILE)
@@ -410,22 +434,36 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> TrialResul
             if epochs > 0:
                 _train(model, data, epochs, spec, device, "pretrain", progress)
         else:
-            masks, pruner = _prune(model, spec, masks, data, device, progress)
+            schedule = _gradual_schedule(spec, data)
+            masks, pruner = _prune(model, spec, masks, data, device, progress, compress=schedule is None)
             if spec.reset_weight and spec.parent_artifact is not None:
                 # lottery ticket: the trained weights were ranked; rewind them to the origin weights
                 # (the masks stay), then train the ticket
                 _rewind(model, origin)
-            if settings.finetune_epochs > 0:
-                _train(model, data, settings.finetune_epochs, spec, device, "finetune", progress)
+            gradual = GradualPruning(pruner, schedule) if schedule is not None else None
+            if gradual is not None:
+                cuts = gradual.schedule
+                logger.info("refine step: pruning during the finetune, steps %d-%d of a schedule of %d steps (%d mask "
+                            "updates, the full ratios after %d)", cuts.first, cuts.first + (cuts.span or cuts.steps),
+                            cuts.steps, cuts.updates, math.floor(cuts.end * cuts.steps))
+                gradual.start()
+            try:
+                if settings.finetune_epochs > 0:
+                    _train(model, data, settings.finetune_epochs, spec, device, "finetune", progress)
+            finally:
+                if gradual is not None:
+                    gradual.finish()
             masks = pruner.get_masks()
             pruner.unwrap_model()
+            if hands_on(spec.task):  # the next refine step goes on from the weights as they are
+                handed_on = {k: v.detach().clone() for k, v in model.state_dict().items()}
             _apply_masks(model, masks)
         masks = {m: {t: v.detach().cpu() for t, v in targets.items()} for m, targets in masks.items()}
 
         _emit(progress, {"task_id": spec.task_id, "phase": "evaluate"})
         accuracy, loss = _evaluate(model, data, device)
         model.cpu().eval()
-        save_state_dict(model.state_dict(), artifact / WEIGHTS_FILE)
+        save_state_dict(handed_on if handed_on is not None else model.state_dict(), artifact / WEIGHTS_FILE)
         save_masks(masks, artifact / MASKS_FILE)
 
         _emit(progress, {"task_id": spec.task_id, "phase": "speedup"})

@@ -72,7 +72,7 @@ class AMCTaskGenerator(TaskGenerator):
         max_sparse_ratio: a layer's largest ratio where the config list gives none.
         origin_masks, log_dir, keep_intermediate_result, best_result_mode, max_trials, constraints,
         seed: as in :class:`~search.scheduling.TaskGenerator`; ``max_trials`` defaults to
-            ``max_episodes``.
+            ``max_episodes`` (plus ``refine``, the trials of the refine phase after the episodes).
     """
 
     def __init__(
@@ -96,7 +96,7 @@ class AMCTaskGenerator(TaskGenerator):
             raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
         if dummy_input is None:
             raise ValueError("dummy_input is required by AMC (layer shapes and costs come from a forward pass)")
-        kwargs.setdefault("max_trials", max_episodes)
+        kwargs.setdefault("max_trials", max_episodes + kwargs.get("refine", 0))
         super().__init__(origin_model, origin_config_list=origin_config_list, **kwargs)
         layers = resolve_layers(origin_model, origin_config_list, self.constraints, target, max_sparse_ratio, who="AMC")
         if not layers.budgets:
@@ -304,6 +304,8 @@ class AMCPruner(SearchPruner):
         log_dir, keep_intermediate_result, constraints, seed: see :class:`~search.scheduling.TaskGenerator`.
         gradual: prune during each trial's finetune instead of before it (see
             :class:`~search.scheduling.PruningScheduler`).
+        refine: trials of the budget kept for a gradual refine of the best allocation (see
+            :class:`~search.scheduling.TaskGenerator`; 0: none).
     """
 
     task_generator: AMCTaskGenerator
@@ -330,11 +332,12 @@ class AMCPruner(SearchPruner):
         constraints: Mapping[str, Any] | Constraints | None = None,
         seed: int = 0,
         gradual: Mapping[str, Any] | None = None,
+        refine: int = 0,
     ) -> None:
         self.task_generator = AMCTaskGenerator(
             model, config_list, dummy_input, max_episodes=max_episodes, target=target, ddpg_params=ddpg_params,
             reward=reward, parallel_episodes=parallel_episodes, max_sparse_ratio=max_sparse_ratio, log_dir=log_dir,
-            keep_intermediate_result=keep_intermediate_result, constraints=constraints, seed=seed,
+            keep_intermediate_result=keep_intermediate_result, constraints=constraints, seed=seed, refine=refine,
         )
         self.scheduler = PruningScheduler(
             pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup, dummy_input=dummy_input,

@@ -267,10 +267,12 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
+        refine: int = 0,
         dummy_input: Any = None,
     ) -> None:
         super().__init__(origin_model, origin_masks, origin_config_list, log_dir, keep_intermediate_result,
-                         best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed)
+                         best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed,
+                         refine=refine)
         require_scores(best_result_mode, type(self).__name__)
         if origin_model is None:
             raise ValueError(f"{type(self).__name__} needs origin_model to find the layers to allocate")
@@ -291,11 +293,11 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
             return (f"temperature {a.temperature:.4g} fell to stop_temperature {self.schedule.stop_temperature:g} "
                     f"after {a.round_index + 1} rounds")
         if not self._budget_left() and not self.pending():
-            return f"trial budget max_trials={self.max_trials} used up"
+            return self._budget_used_up()
         return None
 
     def _budget_left(self) -> bool:
-        return self.max_trials is None or len(self.tasks) < self.max_trials
+        return self.search_trials is None or len(self._search_tasks()) < self.search_trials
 
     def _propose(self, n: int) -> list[Proposal]:
         a = self.annealer
@@ -351,6 +353,8 @@ class SimulatedAnnealingPruner(SearchPruner):
             seed: see :class:`SimulatedAnnealingTaskGenerator`.
         gradual: prune during each trial's finetune instead of before it (see
             :class:`~search.scheduling.PruningScheduler`).
+        refine: trials of the budget kept for a gradual refine of the best allocation (see
+            :class:`~search.scheduling.TaskGenerator`; 0: none).
     """
 
     def __init__(
@@ -377,6 +381,7 @@ class SimulatedAnnealingPruner(SearchPruner):
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
         gradual: Mapping[str, Any] | None = None,
+        refine: int = 0,
     ) -> None:
         if evaluator is None:
             raise ValueError("SimulatedAnnealingPruner needs an evaluator: annealing compares scores")
@@ -384,7 +389,7 @@ class SimulatedAnnealingPruner(SearchPruner):
             model, None, config_list, log_dir, keep_intermediate_result, best_result_mode,
             start_temperature=start_temperature, stop_temperature=stop_temperature, cool_down_rate=cool_down_rate,
             perturbation_magnitude=perturbation_magnitude, neighbours_per_temperature=neighbours_per_temperature,
-            max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed,
+            max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed, refine=refine,
             dummy_input=dummy_input,
         )
         self.scheduler = PruningScheduler(pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup,

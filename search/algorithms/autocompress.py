@@ -235,14 +235,17 @@ class AutoCompressTaskGenerator(TaskGenerator):
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
+        refine: int = 0,
         dummy_input: Any = None,
     ) -> None:
         super().__init__(origin_model, origin_masks, origin_config_list, log_dir, keep_intermediate_result,
-                         best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed)
+                         best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed,
+                         refine=refine)
         require_scores(best_result_mode, type(self).__name__)
         self.total_iteration = _positive_int("total_iteration", total_iteration)
-        if max_trials is not None and max_trials < total_iteration:
-            raise ValueError(f"max_trials={max_trials} leaves no room for {total_iteration} ADMM steps")
+        if self.search_trials is not None and self.search_trials < total_iteration:
+            raise ValueError(f"max_trials={max_trials} leaves no room for {total_iteration} ADMM steps"
+                             + (f" after refine={self.refine}" if self.refine else ""))
         if origin_model is None:
             raise ValueError(f"{type(self).__name__} needs origin_model to find the layers to allocate")
         self.schedule = AnnealingSchedule.from_dict(sa_params)
@@ -278,9 +281,9 @@ class AutoCompressTaskGenerator(TaskGenerator):
 
     def _search_allowance(self) -> int | None:
         """Search trials this iteration may still start, keeping one trial per remaining ADMM step."""
-        if self.max_trials is None:
+        if self.search_trials is None:
             return None
-        return self.max_trials - len(self.tasks) - (self.total_iteration - self.iteration + 1)
+        return self.search_trials - len(self._search_tasks()) - (self.total_iteration - self.iteration + 1)
 
     @property
     def stop_reason(self) -> str | None:
@@ -396,6 +399,8 @@ class AutoCompressPruner(SearchPruner):
         max_layer_ratio, best_result_mode, max_trials, constraints, seed: as for the generator.
         gradual: prune during each trial's finetune instead of before it (see
             :class:`~search.scheduling.PruningScheduler`).
+        refine: trials of the budget kept for a gradual refine of the best allocation (see
+            :class:`~search.scheduling.TaskGenerator`; 0: none).
     """
 
     def __init__(
@@ -418,6 +423,7 @@ class AutoCompressPruner(SearchPruner):
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
         gradual: Mapping[str, Any] | None = None,
+        refine: int = 0,
     ) -> None:
         if evaluator is None:
             raise ValueError("AutoCompressPruner needs an evaluator: the allocation search compares scores")
@@ -432,7 +438,7 @@ class AutoCompressPruner(SearchPruner):
             admm["granularity"] = "fine-grained" if getattr(cls, "default_granularity", "") == "element" else "coarse-grained"
         self.task_generator = AutoCompressTaskGenerator(
             total_iteration, model, None, config_list, log_dir, keep_intermediate_result, best_result_mode,
-            sa_params=sa, max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed,
+            sa_params=sa, max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed, refine=refine,
             dummy_input=dummy_input,
         )
         pruner: str | type[Pruner] = pruning_algorithm

@@ -8,8 +8,7 @@ chain goes on from the last successful one.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -17,6 +16,7 @@ from torch import nn
 from search.config import canonicalize_config_list
 from search.pruning import Pruner
 from search.scheduling import Proposal, PruningScheduler, TaskGenerator, TaskResult
+from search.scheduling.generator import scale_config_list
 
 __all__ = [
     "FunctionBasedTaskGenerator",
@@ -29,33 +29,13 @@ __all__ = [
     "scale_config_list",
 ]
 
-_RATIO_KEYS = ("sparse_ratio", "sparsity", "sparsity_per_layer", "total_sparsity")
-
-
-def scale_config_list(config_list: Sequence[Mapping[str, Any]], fraction: Callable[[float], float]) -> list[dict[str, Any]]:
-    """A copy of ``config_list`` with every ratio ``r`` replaced by ``fraction(r)``."""
-    out = []
-    for sub in config_list:
-        new = copy.deepcopy(dict(sub))
-        for key in _RATIO_KEYS:
-            if key in new and isinstance(new[key], int | float) and not isinstance(new[key], bool):
-                new[key] = float(min(max(fraction(float(new[key])), 0.0), 1.0))
-        settings = new.get("target_settings")
-        if isinstance(settings, dict):
-            for target in settings.values():
-                if isinstance(target, dict) and isinstance(target.get("sparse_ratio"), int | float):
-                    target["sparse_ratio"] = float(min(max(fraction(float(target["sparse_ratio"])), 0.0), 1.0))
-        out.append(new)
-    return out
-
-
 class FunctionBasedTaskGenerator(TaskGenerator):
     """A chain of ``total_iteration`` tasks; subclasses define :meth:`ratio_at`."""
 
     def __init__(self, total_iteration: int, origin_model: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
         if isinstance(total_iteration, bool) or not isinstance(total_iteration, int) or total_iteration < 1:
             raise ValueError(f"total_iteration must be a positive int, got {total_iteration!r}")
-        kwargs.setdefault("max_trials", total_iteration)
+        kwargs.setdefault("max_trials", total_iteration + kwargs.get("refine", 0))
         super().__init__(origin_model, *args, **kwargs)
         if origin_model is not None:
             # A bad config list fails here, not at the iteration whose ratio first trips it.

@@ -179,9 +179,11 @@ class NetAdaptTaskGenerator(TaskGenerator):
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
+        refine: int = 0,
     ) -> None:
         super().__init__(origin_model, origin_masks, origin_config_list, log_dir, keep_intermediate_result,
-                         best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed)
+                         best_result_mode, max_trials=max_trials, constraints=dict(constraints or {}), seed=seed,
+                         refine=refine)
         require_scores(best_result_mode, type(self).__name__)
         if origin_model is None:
             raise ValueError(f"{type(self).__name__} needs origin_model to find the layers to shrink")
@@ -238,8 +240,8 @@ class NetAdaptTaskGenerator(TaskGenerator):
         """Why the search ended (``None`` while it goes on)."""
         if self.done_reason is not None:
             return self.done_reason
-        if self.max_trials is not None and len(self.tasks) >= self.max_trials and not self.pending():
-            return f"trial budget max_trials={self.max_trials} used up"
+        if self.search_trials is not None and len(self._search_tasks()) >= self.search_trials and not self.pending():
+            return self._budget_used_up()
         return None
 
     # -- candidates -----------------------------------------------------------------------------
@@ -325,7 +327,7 @@ class NetAdaptTaskGenerator(TaskGenerator):
         if self.round is None or params.get("iteration") != self.iteration:
             return
         self.round.record(int(params["candidate"]), result.task_id, result.score if result.ok else None)
-        budget_left = self.max_trials is None or len(self.tasks) < self.max_trials
+        budget_left = self.search_trials is None or len(self._search_tasks()) < self.search_trials
         if self.round.complete(budget_left):
             self._decide()
 
@@ -402,6 +404,8 @@ class NetAdaptPruner(SearchPruner):
             max_trials, constraints, seed: see :class:`NetAdaptTaskGenerator`.
         gradual: prune during each trial's finetune instead of before it (see
             :class:`~search.scheduling.PruningScheduler`).
+        refine: trials of the budget kept for a gradual refine of the best allocation (see
+            :class:`~search.scheduling.TaskGenerator`; 0: none).
     """
 
     def __init__(
@@ -425,13 +429,14 @@ class NetAdaptPruner(SearchPruner):
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
         gradual: Mapping[str, Any] | None = None,
+        refine: int = 0,
     ) -> None:
         if evaluator is None:
             raise ValueError("NetAdaptPruner needs an evaluator: candidates are compared by score")
         self.task_generator = NetAdaptTaskGenerator(
             model, None, config_list, log_dir, keep_intermediate_result, best_result_mode, dummy_input=dummy_input,
             reduction_per_iteration=reduction_per_iteration, sparsity_per_iteration=sparsity_per_iteration,
-            max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed,
+            max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed, refine=refine,
         )
         self.scheduler = PruningScheduler(pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup,
                                           dummy_input=dummy_input, evaluator=evaluator, pruner_kwargs=pruning_params,

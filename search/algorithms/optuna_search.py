@@ -324,6 +324,8 @@ class OptunaPruner(SearchPruner):
             other pruners.
         gradual: prune during each trial's finetune instead of before it (see
             :class:`~search.scheduling.PruningScheduler`).
+        refine: trials of the budget kept for a gradual refine of the best allocation (see
+            :class:`~search.scheduling.TaskGenerator`; 0: none).
     """
 
     task_generator: OptunaTaskGenerator
@@ -350,11 +352,12 @@ class OptunaPruner(SearchPruner):
         constraints: Mapping[str, Any] | Constraints | None = None,
         seed: int = 0,
         gradual: Mapping[str, Any] | None = None,
+        refine: int = 0,
     ) -> None:
         self.task_generator = OptunaTaskGenerator(
             model, config_list, dummy_input, max_trials=max_trials, target=target, multi_objective=multi_objective,
             max_sparse_ratio=max_sparse_ratio, n_startup_trials=n_startup_trials, repair=repair, log_dir=log_dir,
-            keep_intermediate_result=keep_intermediate_result, constraints=constraints, seed=seed,
+            keep_intermediate_result=keep_intermediate_result, constraints=constraints, seed=seed, refine=refine,
         )
         self.scheduler = PruningScheduler(
             pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup, dummy_input=dummy_input,

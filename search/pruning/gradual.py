@@ -51,12 +51,19 @@ class GradualSchedule:
         updates: mask updates (the first before training starts, the last puts the full ratios in place).
         end: share of ``steps`` by which the full ratios are in place (the rest trains at them).
         schedule: ``'cubic'`` (large cuts first, as AGP) or ``'linear'`` share of the ratios per update.
+        first: the training step this finetune starts at: one segment of a schedule that spans
+            several finetunes (a chain of trials, each going on where its parent stopped); the
+            updates due before it are the parent's (its masks).
+        span: the training steps of this segment (``None``: to the end); the updates due by
+            ``first + span`` are in place when it finishes, the later ones are its children's.
     """
 
     steps: int
     updates: int = 8
     end: float = 0.75
     schedule: str = "cubic"
+    first: int = 0
+    span: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "updates"):
@@ -65,6 +72,10 @@ class GradualSchedule:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(self.end, bool) or not isinstance(self.end, int | float) or not 0 <= self.end <= 1:
             raise ValueError(f"end must be a number in [0, 1], got {self.end!r}")
+        if isinstance(self.first, bool) or not isinstance(self.first, int) or not 0 <= self.first < self.steps:
+            raise ValueError(f"first must be an int in [0, steps), got {self.first!r}")
+        if self.span is not None and (isinstance(self.span, bool) or not isinstance(self.span, int) or self.span < 1):
+            raise ValueError(f"span must be a positive int or None, got {self.span!r}")
         if self.schedule not in ("cubic", "linear"):
             raise ValueError(f"schedule must be 'cubic' or 'linear', got {self.schedule!r}")
 
@@ -74,15 +85,17 @@ class GradualSchedule:
             return data
         if not isinstance(data, Mapping):
             raise ValueError(f"gradual must be a dict like {{'steps': 36}}, got {data!r}")
-        unknown = set(data) - {"steps", "updates", "end", "schedule"}
+        unknown = set(data) - {"steps", "updates", "end", "schedule", "first", "span"}
         if unknown:
-            raise ValueError(f"gradual: unknown key {sorted(unknown)[0]!r}; valid: steps, updates, end, schedule")
+            raise ValueError(f"gradual: unknown key {sorted(unknown)[0]!r}; valid: steps, updates, end, schedule, "
+                             "first, span")
         if "steps" not in data:
             raise ValueError("gradual.steps: required (the finetune's training steps)")
         return cls(**data)
 
     def to_json(self) -> dict[str, Any]:
-        return {"steps": self.steps, "updates": self.updates, "end": self.end, "schedule": self.schedule}
+        return {"steps": self.steps, "updates": self.updates, "end": self.end, "schedule": self.schedule,
+                "first": self.first, "span": self.span}
 
     def fraction(self, update: int) -> float:
         """Share of the final ratios after update ``update`` (1-based)."""
@@ -92,6 +105,13 @@ class GradualSchedule:
     def step_of(self, update: int) -> int:
         """The training step before which update ``update`` (1-based) happens."""
         return math.floor(self.end * self.steps * (update - 1) / self.updates)
+
+    def last_update(self) -> int:
+        """The last update of this segment (all of them when it runs to the end)."""
+        if self.span is None or self.first + self.span >= self.steps:
+            return self.updates
+        stop = self.first + self.span
+        return max((u for u in range(1, self.updates + 1) if self.step_of(u) < stop), default=0)
 
 
 class GradualPruning:
@@ -113,7 +133,8 @@ class GradualPruning:
         self.model: nn.Module = pruner.bound_model
         self._full = {m: dict(t) for m, t in pruner.module_configs.items()}
         self.done = 0  # updates applied
-        self.step = 0  # training forwards seen
+        self.step = self.schedule.first  # training forwards seen (of the whole schedule)
+        self.last = self.schedule.last_update()
         self._busy = False
         self._handle: Any = None
 
@@ -143,24 +164,33 @@ class GradualPruning:
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         if self._busy or not module.training:
             return
-        while self.done < self.schedule.updates and self.schedule.step_of(self.done + 1) <= self.step:
-            self._apply(self.done + 1)
+        self._catch_up(self.step)
         self.step += 1
 
+    def _catch_up(self, step: int) -> None:
+        """Apply every update of this segment due before training step ``step``, at once (the latest share)."""
+        due = self.done
+        while due < self.last and self.schedule.step_of(due + 1) <= step:
+            due += 1
+        if due > self.done:
+            self._apply(due)
+
     def start(self) -> None:
-        """The first cut (and any due before the first step); count training steps from now."""
-        while self.done < self.schedule.updates and self.schedule.step_of(self.done + 1) <= 0:
-            self._apply(self.done + 1)
+        """The first cut (what is due before this finetune's first step); count training steps from now."""
+        self._catch_up(self.schedule.first)
         self._handle = self.model.register_forward_pre_hook(self._before_forward)
 
     def finish(self) -> Pruner:
-        """Stop counting and put the full ratios in place; returns the pruner (still wrapped)."""
+        """Stop counting and put this segment's last ratios in place (the full ratios unless a later segment
+        follows); returns the pruner (still wrapped)."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if self.done < self.schedule.updates:
-            if self.step:
+        if self.done < self.last:
+            expected = (self.schedule.span if self.schedule.span is not None else self.schedule.steps - self.schedule.first)
+            ran = self.step - self.schedule.first
+            if ran:
                 logger.info("gradual pruning: the finetune ran %d of %d expected steps; the last %d update(s) "
-                            "happen after it", self.step, self.schedule.steps, self.schedule.updates - self.done)
-            self._apply(self.schedule.updates)
+                            "happen after it", ran, expected, self.last - self.done)
+            self._apply(self.last)
         return self.pruner

@@ -12,6 +12,16 @@ Subclasses implement two hooks:
 
 and, if they keep state of their own, ``_algo_state()`` / ``_load_algo_state(state)``.
 ``_finished()`` says when the algorithm has nothing more to try.
+
+With ``refine=R`` the last ``R`` trials of the budget are kept for a *refine phase* after the
+search: the best allocation found (its config list) is pruned again from the origin weights,
+gradually, by a chain of ``R`` trials that share one pruning schedule (:func:`refine_schedule`:
+AGP's cubic shares over the first 3/4 of the ``R`` finetunes, cut during them; each trial goes on
+from its parent's weights and masks, so the chain cuts as one finetune of the whole phase would).
+A search ranks allocations with short one-shot trials; one-shot pruning at high ratios costs
+accuracy that a gradual schedule keeps (see BENCHMARKS.md). The refined model is an ordinary
+result: it is the search's best only if it scores better. A refine step's ``params`` hold
+``refine`` (its number, from 1), ``steps`` (R) and ``base`` (the task whose allocation it refines).
 """
 
 from __future__ import annotations
@@ -21,19 +31,53 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from search.pruning.gradual import GradualSchedule
 from search.scheduling.task import Task, TaskResult, TaskStatus, best_of
 
-__all__ = ["TaskGenerator", "Proposal", "Constraints"]
+__all__ = ["TaskGenerator", "Proposal", "Constraints", "refine_schedule", "scale_config_list"]
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+
+
+#: the ratio keys of a sub-config that schedules scale (bounds such as ``max_sparse_ratio`` are kept)
+_RATIO_KEYS = ("sparse_ratio", "sparsity", "sparsity_per_layer", "total_sparsity")
+
+
+def scale_config_list(config_list: Sequence[Mapping[str, Any]], fraction: Callable[[float], float]) -> list[dict[str, Any]]:
+    """A copy of ``config_list`` with every ratio ``r`` replaced by ``fraction(r)``."""
+    out = []
+    for sub in config_list:
+        new = copy.deepcopy(dict(sub))
+        for key in _RATIO_KEYS:
+            if key in new and isinstance(new[key], int | float) and not isinstance(new[key], bool):
+                new[key] = float(min(max(fraction(float(new[key])), 0.0), 1.0))
+        settings = new.get("target_settings")
+        if isinstance(settings, dict):
+            for target in settings.values():
+                if isinstance(target, dict) and isinstance(target.get("sparse_ratio"), int | float):
+                    target["sparse_ratio"] = float(min(max(fraction(float(target["sparse_ratio"])), 0.0), 1.0))
+        out.append(new)
+    return out
+
+
+def refine_schedule(step: int, steps: int, finetune_steps: int) -> GradualSchedule:
+    """The part of the refine phase's pruning schedule that refine step ``step`` of ``steps`` runs.
+
+    One schedule spans the whole phase (``steps`` finetunes of ``finetune_steps`` training steps):
+    ``2 * steps`` mask updates (at least 8), AGP's cubic shares, the full ratios after 3/4 of it, the
+    rest training at them. Each step runs its own segment and its child goes on from there.
+    """
+    return GradualSchedule(steps=steps * finetune_steps, updates=max(8, 2 * steps), end=0.75,
+                           first=(step - 1) * finetune_steps, span=finetune_steps)
 
 
 @dataclass
@@ -87,6 +131,8 @@ class TaskGenerator:
         max_trials: the trial budget (``None``: the algorithm's own stopping rule).
         constraints: ``{'max_flops_ratio': .., 'max_params_ratio': .., 'max_latency_ratio': ..}``.
         seed: seeds the algorithm's random choices (kept in ``state_dict()``).
+        refine: trials of ``max_trials`` kept for the refine phase (0: none; see the module docstring).
+            The search itself gets ``max_trials - refine`` (:attr:`search_trials`).
     """
 
     def __init__(
@@ -101,11 +147,16 @@ class TaskGenerator:
         max_trials: int | None = None,
         constraints: dict[str, Any] | Constraints | None = None,
         seed: int = 0,
+        refine: int = 0,
     ) -> None:
         if best_result_mode not in ("latest", "maximize", "minimize"):
             raise ValueError(f"best_result_mode must be 'latest', 'maximize' or 'minimize', got {best_result_mode!r}")
         if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1):
             raise ValueError(f"max_trials must be a positive int, got {max_trials!r}")
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+            raise ValueError(f"refine must be an int >= 0 (trials of the refine phase), got {refine!r}")
+        if refine and max_trials is not None and max_trials <= refine:
+            raise ValueError(f"refine: {refine} trials leave none of max_trials={max_trials} for the search")
         self.origin_model = origin_model
         self.origin_masks = origin_masks or {}
         self.origin_config_list = [dict(c) for c in (origin_config_list or [])]
@@ -113,6 +164,9 @@ class TaskGenerator:
         self.keep_intermediate_result = keep_intermediate_result
         self.best_result_mode = best_result_mode
         self.max_trials = max_trials
+        self.refine = refine
+        #: the search's own budget: ``max_trials`` less the refine phase
+        self.search_trials = max_trials - refine if max_trials is not None else None
         self.constraints = constraints if isinstance(constraints, Constraints) else Constraints.from_dict(constraints)
         self.seed = seed
         self.rng = random.Random(seed)
@@ -123,20 +177,21 @@ class TaskGenerator:
     # -- the contract -----------------------------------------------------------------------------
     def ask(self, n: int = 1) -> list[Task]:
         """Up to ``n`` tasks that can run now (``[]``: wait for results, or the search is done)."""
-        if n < 1 or self._finished():
+        if n < 1:
             return []
-        if self.max_trials is not None:
-            n = min(n, self.max_trials - len(self.tasks))
-            if n <= 0:
-                return []
-        tasks = []
-        for proposal in self._propose(n)[:n]:
-            task = Task(self._next_id, [dict(c) for c in proposal.config_list], proposal.parent_id, dict(proposal.params))
-            task.status = TaskStatus.RUNNING
-            self.tasks[task.task_id] = task
-            self._next_id += 1
-            tasks.append(task)
-        return tasks
+        if not self._search_over():
+            if self.search_trials is not None:
+                n = min(n, self.search_trials - len(self.tasks))
+            return [self._hand_out(p) for p in self._propose(n)[:n]] if n > 0 else []
+        proposal = self._refine_proposal()
+        return [self._hand_out(proposal)] if proposal is not None else []
+
+    def _hand_out(self, proposal: Proposal) -> Task:
+        task = Task(self._next_id, [dict(c) for c in proposal.config_list], proposal.parent_id, dict(proposal.params))
+        task.status = TaskStatus.RUNNING
+        self.tasks[task.task_id] = task
+        self._next_id += 1
+        return task
 
     def tell(self, result: TaskResult) -> None:
         """Record a result (any order)."""
@@ -147,7 +202,8 @@ class TaskGenerator:
             raise ValueError(f"task {result.task_id} already has a result")
         task.status = TaskStatus.SUCCEEDED if result.ok else TaskStatus.FAILED
         self.results[result.task_id] = result
-        self._observe(result)
+        if "refine" not in task.params:  # the algorithm sees its own trials only
+            self._observe(result)
         self._write_logs(task, result)
         self._release_models()
 
@@ -155,9 +211,7 @@ class TaskGenerator:
         """True when nothing runs and nothing more will be proposed."""
         if self.pending():
             return False
-        if self.max_trials is not None and len(self.tasks) >= self.max_trials:
-            return True
-        return self._finished()
+        return self._search_over() and self._refine_over()
 
     def pending(self) -> list[Task]:
         """Tasks handed out without a result yet (after a resume: to run again)."""
@@ -176,7 +230,69 @@ class TaskGenerator:
         return self.constraints.satisfied(result.metrics)
 
     def best_result(self) -> TaskResult | None:
-        return best_of(list(self.results.values()), self.best_result_mode, self.feasible)
+        """The best feasible result (of the refine chain, only its last step counts)."""
+        return best_of(list(self.results.values()), self.best_result_mode, self._qualifies)
+
+    def _qualifies(self, result: TaskResult) -> bool:
+        """May be the best: feasible; a refine step only as the last of its chain and within the constraints
+        (its allocation is the feasible result it refines, whatever else an algorithm's ``feasible`` asks)."""
+        if not self._refine_step(result.task_id, final=True):
+            return self.feasible(result)
+        return not self._refine_step(result.task_id, final=False) and self.constraints.satisfied(result.metrics)
+
+    # -- the refine phase -------------------------------------------------------------------------
+    def _search_tasks(self) -> list[Task]:
+        return [t for t in self.tasks.values() if "refine" not in t.params]
+
+    def _refine_tasks(self) -> list[Task]:
+        return sorted((t for t in self.tasks.values() if "refine" in t.params), key=lambda t: t.task_id)
+
+    def _refine_step(self, task_id: int, final: bool) -> bool:
+        """Task ``task_id`` is a refine step (``final=False``: one before the last of its chain)."""
+        task = self.tasks.get(task_id)
+        if task is None or "refine" not in task.params:
+            return False
+        return final or task.params["refine"] < task.params["steps"]
+
+    def _search_over(self) -> bool:
+        """The algorithm has stopped (its own rule, or its share of the budget is used up)."""
+        if self.search_trials is not None and len(self._search_tasks()) >= self.search_trials:
+            return True
+        return self._refine_tasks() != [] or self._finished()
+
+    def _budget_used_up(self) -> str:
+        """A stop reason: the search's share of the budget is used up."""
+        tail = f" (the last {self.refine} kept for the refine phase)" if self.refine else ""
+        return f"trial budget max_trials={self.max_trials} used up{tail}"
+
+    def _refine_over(self) -> bool:
+        if not self.refine:
+            return True
+        done = self._refine_tasks()
+        if done and (len(done) >= done[0].params["steps"] or not self.results.get(done[-1].task_id, TaskResult(-1)).ok):
+            return True
+        if not done and self._refine_base() is None:
+            return True  # nothing feasible to refine
+        return False
+
+    def _refine_base(self) -> TaskResult | None:
+        return best_of([r for t, r in self.results.items() if not self._refine_step(t, final=True)],
+                       self.best_result_mode, self.feasible)
+
+    def _refine_proposal(self) -> Proposal | None:
+        """The next step of the refine chain, once the one before it (or the whole search) has a result."""
+        if self.pending() or self._refine_over():
+            return None
+        done = self._refine_tasks()
+        if done:
+            base_id = int(done[0].params["base"])
+            steps = int(done[0].params["steps"])
+        else:
+            base = self._refine_base()
+            assert base is not None
+            base_id, steps = base.task_id, self.refine
+        return Proposal(self.tasks[base_id].config_list, done[-1].task_id if done else None,
+                        {"refine": len(done) + 1, "steps": steps, "base": base_id, "reset_weight": False})
 
     def get_best_result(self) -> tuple[int, nn.Module | None, dict[str, dict[str, Tensor]] | None, float | None, list[dict[str, Any]]] | None:
         """``(task_id, compact_model, masks, score, config_list)`` of the best result (NNI's shape)."""
@@ -202,11 +318,17 @@ class TaskGenerator:
         masks = load_masks(folder / "masks.safetensors") if (folder / "masks.safetensors").exists() else {}
         return model, masks
 
+    def _kept(self) -> set[int]:
+        """Results whose models stay in memory: the best, the algorithm's, the refine chain's last step."""
+        best = self.best_result()
+        refine = self._refine_tasks()
+        return (set(self._keep_models()) | ({best.task_id} if best else set())
+                | ({refine[-1].task_id} if refine else set()))
+
     def _release_models(self) -> None:
         if self.keep_intermediate_result:
             return
-        best = self.best_result()
-        keep = set(self._keep_models()) | ({best.task_id} if best else set())
+        keep = self._kept()
         for task_id, result in self.results.items():
             if task_id not in keep:
                 result.model = result.compact_model = None
@@ -273,8 +395,7 @@ class TaskGenerator:
 
                 save_masks(result.masks, folder / "masks.safetensors")
             best = self.best_result()
-            keep = set(self._keep_models()) | ({best.task_id} if best else set())
-            if result.model is not None and (self.keep_intermediate_result or task.task_id in keep):
+            if result.model is not None and (self.keep_intermediate_result or task.task_id in self._kept()):
                 # weights of results later tasks start from, so a resumed search can load them
                 from search.pruning.io import save_state_dict  # noqa: PLC0415
 

@@ -34,14 +34,26 @@ from torch import Tensor, nn
 from search.metrics import measure_latency, model_cost
 from search.pruning import GradualPruning, GradualSchedule, Pruner
 from search.pruning.registry import get_pruner_class, make_pruner
-from search.scheduling.generator import TaskGenerator
+from search.scheduling.generator import TaskGenerator, refine_schedule
 from search.scheduling.task import Task, TaskResult
 
-__all__ = ["BasePruningScheduler", "PruningScheduler", "achieved_sparsity"]
+__all__ = ["BasePruningScheduler", "PruningScheduler", "achieved_sparsity", "hands_on"]
 
 logger = logging.getLogger(__name__)
 
 Masks = dict[str, dict[str, Tensor]]
+
+
+def hands_on(task: Task | Mapping[str, Any]) -> bool:
+    """A refine step before the last: its weights go to the next step as they are, the masks kept apart.
+
+    Multiplying the masks in would zero what the next step's importance ranking still reads (a masked
+    row of the next layer counts in a channel's group); kept as they are, the chain cuts exactly as
+    one finetune of the whole refine phase would. Its ``result.model`` then computes the masked
+    function only with the masks applied (speedup applies them; it is never a best result).
+    """
+    params = task.params if isinstance(task, Task) else task.get("params", {})
+    return "refine" in params and int(params["refine"]) < int(params.get("steps", 0))
 
 
 def _accepts(cls: type, name: str) -> bool:
@@ -59,6 +71,21 @@ def achieved_sparsity(masks: Mapping[str, Mapping[str, Tensor]]) -> dict[str, fl
         if mask is not None and mask.numel():
             out[module] = float((mask == 0).sum()) / mask.numel()
     return out
+
+
+class _TrainingSteps:
+    """Counts a model's forward calls in training mode (a finetune's steps) until closed."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.count = 0
+        self._handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Any) -> None:
+        if module.training:
+            self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
 
 
 class BasePruningScheduler:
@@ -108,6 +135,9 @@ class PruningScheduler(BasePruningScheduler):
             :class:`~search.pruning.GradualSchedule` or its dict (``{'steps': finetune steps,
             'updates': 8, 'end': 0.75}``); the masks reach the task's ratios after ``end`` of the
             steps. Tasks that prune with a task pruner, or rewind weights, prune before the finetune.
+            A refine step (``params['refine']``, see :class:`TaskGenerator`) prunes during its finetune
+            even without it: its segment of the refine phase's schedule, in units of the finetune's
+            steps (``gradual['steps']``, else counted: every result's ``metrics['finetune_steps']``).
     """
 
     def __init__(
@@ -160,6 +190,21 @@ class PruningScheduler(BasePruningScheduler):
             return copy.deepcopy(parent.model), dict(parent.masks or {})
         return self._load_from_logs(task.parent_id)
 
+    def _gradual_schedule(self, task: Task) -> GradualSchedule | None:
+        """The task's in-finetune schedule: the scheduler's ``gradual``, or a refine step's part of the refine phase's."""
+        if "refine" not in task.params:
+            return self.gradual
+        if self.gradual is not None:
+            steps = self.gradual.steps
+        else:
+            counted = [r.metrics["finetune_steps"] for _, r in sorted(self.task_generator.results.items())
+                       if r.metrics.get("finetune_steps")]
+            if not counted:
+                logger.info("task %d: no finetune counted yet, so it prunes before its finetune", task.task_id)
+                return None
+            steps = int(counted[-1])
+        return refine_schedule(int(task.params["refine"]), int(task.params["steps"]), steps)
+
     def _load_from_logs(self, task_id: int) -> tuple[nn.Module, Masks]:
         """A parent whose model is not in memory (e.g. after a resume), from the generator's log_dir."""
         logged = self.task_generator.load_logged_model(task_id)
@@ -192,7 +237,8 @@ class PruningScheduler(BasePruningScheduler):
         rewind = self.reset_weight and task.parent_id is not None and task.params.get("reset_weight", True)
         # Gradual: the task's own pruner cuts during the finetune; a task pruner (ADMM) or a rewinding
         # task (the lottery ranks trained weights before it rewinds them) prunes first, as usual.
-        gradual = (GradualPruning(pruner, self.gradual) if self.gradual is not None and task.config_list
+        schedule = self._gradual_schedule(task)
+        gradual = (GradualPruning(pruner, schedule) if schedule is not None and task.config_list
                    and pruner_name is None and not rewind and self.finetuner is not None else None)
         if gradual is None and task.config_list:
             pruner.compress()
@@ -205,22 +251,28 @@ class PruningScheduler(BasePruningScheduler):
                         own[key].copy_(value.to(own[key].device))
         if gradual is not None:
             gradual.start()
+        steps = _TrainingSteps(model) if gradual is None and self.finetuner is not None else None
         try:
             if self.finetuner is not None:
                 self.finetuner(model)
         finally:
+            if steps is not None:
+                steps.close()
             if gradual is not None:
                 gradual.finish()
         masks = pruner.get_masks()
         score = float(self.evaluator(model)) if self.evaluator is not None else None
         pruner.unwrap_model()
-        with torch.no_grad():
-            for name, targets in masks.items():
-                module = model.get_submodule(name)
-                for target, mask in targets.items():
-                    if not target.startswith("_"):
-                        getattr(module, target).mul_(mask.to(getattr(module, target).device))
+        if not hands_on(task):
+            with torch.no_grad():
+                for name, targets in masks.items():
+                    module = model.get_submodule(name)
+                    for target, mask in targets.items():
+                        if not target.startswith("_"):
+                            getattr(module, target).mul_(mask.to(getattr(module, target).device))
         metrics: dict[str, float] = {"seconds": 0.0}
+        if self.finetuner is not None:
+            metrics["finetune_steps"] = float(gradual.step if gradual is not None else steps.count)  # type: ignore[union-attr]
         compact = None
         if self.dummy_input is not None and self._origin_cost is not None:
             from search.speedup import ModelSpeedup  # noqa: PLC0415

@@ -65,6 +65,8 @@ def test_create_stores_the_canonical_algorithm_name(sqlite_client: TestClient) -
          ["body", "spec", "pruner", "config_list", 0, "sparse_raito"]),
         ({"spec": spec(algorithm={"name": "agp", "total_iteration": 0})}, ["body", "spec", "algorithm", "total_iteration"]),
         ({"spec": spec(algorithm={"name": "nope"})}, ["body", "spec", "algorithm", "name"]),
+        ({"spec": spec(algorithm={"name": "simulated_annealing", "max_trials": 3, "refine": 3})},
+         ["body", "spec", "algorithm", "refine"]),
         ({"spec": spec(trial={"lr": -1})}, ["body", "spec", "trial", "lr"]),
         ({"spec": spec(model={"factory": "os:system", "kwargs": {"command": "true"}})}, ["body", "spec", "model", "factory"]),
         ({"spec": spec(model={"factory": "search.zoo:digits_cnn", "weights": "/etc/shadow.pt"})},
@@ -79,7 +81,7 @@ def test_create_stores_the_canonical_algorithm_name(sqlite_client: TestClient) -
         ({"spec": spec(), "max_trials": 0}, ["body", "max_trials"]),
         (spec(), ["body", "spec"]),  # the spec without its envelope
     ],
-    ids=["config-key", "algorithm-param", "algorithm-name", "trial-lr", "factory-not-catalog", "weights-path",
+    ids=["config-key", "algorithm-param", "algorithm-name", "refine-over-budget", "trial-lr", "factory-not-catalog", "weights-path",
          "model-kwarg", "model-too-big", "nul", "name-too-long", "missing-section", "max-trials", "no-envelope"],
 )
 def test_create_rejects_a_bad_spec_at_its_field(sqlite_client: TestClient, body: dict[str, Any], loc: list[Any]) -> None:
