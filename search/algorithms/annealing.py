@@ -241,6 +241,8 @@ class SimulatedAnnealingTaskGenerator(TaskGenerator):
         max_layer_ratio: the highest ratio a layer may get (unless its ``max_sparse_ratio`` is lower).
         max_trials, constraints, seed: the budget, cost bounds and random seed. A result over a
             bound is never accepted (see the module docstring).
+        refine: the last trials of ``max_trials`` kept for the refine phase after the search (see
+            :class:`~search.scheduling.TaskGenerator`; 0: none).
         dummy_input: an input of the model; with a ``max_flops_ratio`` / ``max_params_ratio``
             bound, candidates predicted over it are moved onto it before they run.
 

@@ -212,6 +212,8 @@ class AutoCompressTaskGenerator(TaskGenerator):
         max_layer_ratio, max_trials, constraints, seed: as for the other searches. The constraints
             bound the final model: in the last iteration a search result over a bound is never
             accepted nor kept as the best allocation.
+        refine: the last trials of ``max_trials`` kept for the refine phase after the search (see
+            :class:`~search.scheduling.TaskGenerator`; 0: none).
         dummy_input: an input of the model; with a ``max_flops_ratio`` / ``max_params_ratio``
             bound, the last iteration's candidates predicted over it are moved onto it before they
             run (see :class:`~search.algorithms.allocation.BudgetRepair`).

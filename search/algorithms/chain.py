@@ -30,7 +30,11 @@ __all__ = [
 ]
 
 class FunctionBasedTaskGenerator(TaskGenerator):
-    """A chain of ``total_iteration`` tasks; subclasses define :meth:`ratio_at`."""
+    """A chain of ``total_iteration`` tasks; subclasses define :meth:`ratio_at`.
+
+    ``max_trials`` defaults to ``total_iteration`` plus ``refine`` (the refine phase's trials, see
+    :class:`~search.scheduling.TaskGenerator`).
+    """
 
     def __init__(self, total_iteration: int, origin_model: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
         if isinstance(total_iteration, bool) or not isinstance(total_iteration, int) or total_iteration < 1:

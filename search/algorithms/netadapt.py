@@ -155,6 +155,8 @@ class NetAdaptTaskGenerator(TaskGenerator):
             origin model's resource (FLOPs, params, or weights of the selected layers).
         sparsity_per_iteration: instead, raise the candidate layer's ratio by this fixed step.
         max_layer_ratio: the highest ratio a layer may reach (unless its ``max_sparse_ratio`` is lower).
+        refine: the last trials of ``max_trials`` kept for the refine phase after the search (see
+            :class:`~search.scheduling.TaskGenerator`; 0: none).
         max_trials, constraints, seed: the budget, the cost bounds (``max_flops_ratio``,
             ``max_params_ratio``, ``max_latency_ratio`` — latency is steered by the FLOPs
             estimate), and the seed.

@@ -272,7 +272,8 @@ class PruningScheduler(BasePruningScheduler):
                             getattr(module, target).mul_(mask.to(getattr(module, target).device))
         metrics: dict[str, float] = {"seconds": 0.0}
         if self.finetuner is not None:
-            metrics["finetune_steps"] = float(gradual.step if gradual is not None else steps.count)  # type: ignore[union-attr]
+            ran = gradual.step - gradual.schedule.first if gradual is not None else steps.count  # type: ignore[union-attr]
+            metrics["finetune_steps"] = float(ran)
         compact = None
         if self.dummy_input is not None and self._origin_cost is not None:
             from search.speedup import ModelSpeedup  # noqa: PLC0415
