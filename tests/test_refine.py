@@ -22,6 +22,7 @@ from search.pruning.io import load_masks, load_state_dict
 from search.scheduling import Proposal, PruningScheduler, Task, TaskGenerator, TaskResult
 from search.scheduling.generator import refine_schedule
 from search.zoo import digits_cnn, get_dataset, get_dummy_input
+from workers.cli import format_table
 from workers.executors import LocalExecutor
 from workers.local import STATE_FILE, run_search
 from workers.spec import DataSpec, ExperimentSpec, ModelSpec, SpecError, TrialSettings, TrialSpec
@@ -310,6 +311,8 @@ def test_a_search_through_run_search_ends_with_its_refine_steps(tmp_path: Path) 
     assert [tasks[i]["params"].get("refine") for i in range(5)] == [None, None, None, 1, 2]
     assert tasks[3]["parent_id"] is None and tasks[4]["parent_id"] == 3
     assert trials[4].metrics["flops_ratio"] <= 0.5 + 1e-9  # the last step meets the constraint
+    table = format_table(outcome, "accuracy").splitlines()
+    assert [line.split()[-1] for line in table[-2:]] == ["1/2", "2/2"] and "refine 1/2" in table[-2]
     base = max((trials[i] for i in range(3) if trials[i].metrics["flops_ratio"] <= 0.5 + 1e-9),
                key=lambda t: (t.score, -t.task_id))
     assert trials[4].sparsity == pytest.approx(trials[base.task_id].sparsity, abs=0.02)

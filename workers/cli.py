@@ -125,7 +125,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def format_table(outcome: Any, metric: str) -> str:
-    """The final table: one row per trial (the best one starred)."""
+    """The final table: one row per trial (the best one marked, and the steps of a refine phase)."""
     rows = [("trial", metric, "FLOPs ratio", "params ratio", "sparsity", "seconds", "")]
     best_id = outcome.best.task_id if outcome.best is not None else None
     trials = ([outcome.pretrain] if outcome.pretrain is not None else []) + list(outcome.trials)
@@ -133,6 +133,9 @@ def format_table(outcome: Any, metric: str) -> str:
         sparsity = list(r.sparsity.values())
         mean = sum(sparsity) / len(sparsity) if sparsity else 0.0
         status = "best" if r.task_id == best_id else ("FAILED" if r.error else "")
+        params = getattr(outcome, "params", {}).get(r.task_id, {})
+        if "refine" in params:
+            status = " ".join(filter(None, (status, f"refine {params['refine']}/{params.get('steps', '?')}")))
         rows.append((
             "pretrain" if r.task_id < 0 else str(r.task_id),
             _fmt(r.score if r.task_id >= 0 else r.metrics.get(metric), ".4f"),

@@ -81,6 +81,7 @@ class SearchOutcome:
         exports: ``{'pt2': path, 'onnx': path}`` that were written.
         pretrain: the pretrain trial, if one ran.
         out_dir: the search folder.
+        params: each trial's task parameters, by task id (``refine``, ``iteration``, ...).
     """
 
     trials: list[TrialResult]
@@ -89,6 +90,7 @@ class SearchOutcome:
     exports: dict[str, Path] = field(default_factory=dict)
     pretrain: TrialResult | None = None
     out_dir: Path | None = None
+    params: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -333,6 +335,7 @@ def run_search(
     outcome = SearchOutcome(
         trials=[search.results[k] for k in sorted(search.results)], best=best, best_dir=best_dir, exports=exports,
         pretrain=search.pretrain, out_dir=out,
+        params={tid: dict(task.params) for tid, task in search.generator.tasks.items()},
     )
     search.emit({"type": "search_finished", "best_task_id": best.task_id if best else None,
                  "best_dir": str(best_dir) if best_dir else None, "trials": len(outcome.trials)})
