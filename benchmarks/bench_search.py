@@ -272,6 +272,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         settings["hard"] = replace(settings["hard"], gradual=args.gradual)
     if args.refine is not None:
         settings["hard"] = replace(settings["hard"], refine=args.refine)
+    hard = settings["hard"]
+    if hard.refine and hard.refine > hard.trials // 3:  # --quick, --trials: keep 2/3 of the budget for the search
+        settings["hard"] = replace(hard, refine=hard.trials // 3)
     if args.trial_lr is not None:
         settings["hard"] = replace(settings["hard"], trial=replace(settings["hard"].trial, lr=args.trial_lr))
     if args.mnist_seeds:
