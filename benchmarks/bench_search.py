@@ -30,7 +30,7 @@ Parts (``--parts``; default ``hard,easy,mnist,throughput``):
      rank allocations at all (see the notes), the loss did. LotteryTicket runs twice: with
      ``reset_weight=False`` (learning-rate rewinding: each iteration keeps the trained weights) and with
      NNI's default ``reset_weight=True`` (rewind to the pretrained weights, prune before the finetune).
-     With ``refine`` (default 8, ``--refine N``), the one-shot searches and the lottery tickets (``REFINED``) keep
+     With ``refine`` (default 8, ``--refine N``), the searches whose result is not reached gradually (``REFINED``) keep
      the last trials of the budget for a refine phase: their best allocation pruned again from the pretrained
      weights, gradually, over that many trials (``TaskGenerator(refine=...)``; see its docstring).
      Then each search's best feasible trial is judged:
@@ -193,8 +193,11 @@ class Setting:
 TRIAL_PRUNER = "group_l1"
 GRADUAL_UPDATES = 0
 #: the algorithms that keep the last ``refine`` trials of their budget for a gradual refine of their best allocation
-#: (``refine=``); Linear and AGP are gradual chains to the target already
-REFINED = ("lottery_ticket", "lottery_ticket_rewind", "netadapt", "simulated_annealing", "auto_compress", "amc", "optuna")
+#: (``refine=``): those whose result is pruned in one shot from trained weights (SimulatedAnnealing, AMC, Optuna), in
+#: two large steps (AutoCompress), or rewound before its last finetune (LotteryTicket with reset_weight=True). Linear,
+#: AGP, LotteryTicket with reset_weight=False and NetAdapt reach their result by a gradual chain from the pretrained
+#: weights already (see the notes for NetAdapt and LotteryTicket measured both ways).
+REFINED = ("lottery_ticket_rewind", "simulated_annealing", "auto_compress", "amc", "optuna")
 REFINE_TRIALS = 8
 #: Optuna's random trials before TPE: Optuna's and OptunaPruner's default (see the notes for 5 and 16)
 OPTUNA_STARTUP = 10
@@ -1289,13 +1292,14 @@ def build_report(args: argparse.Namespace, results: dict[str, SettingResult], th
         "`max_sparse_ratio 0.9`, warm-up = budget/3, FLOPs budget from the constraint. Optuna (TPE): `max_sparse_ratio "
         f"0.9`, `n_startup_trials` {OPTUNA_STARTUP} (Optuna's default), repair onto the budget. "
         "All use `constraints={'max_flops_ratio': T}`.",
-        (f"- Refine phase (`refine={hard.refine}`): LotteryTicket (both rows), NetAdapt, SimulatedAnnealing, "
+        (f"- Refine phase (`refine={hard.refine}`): LotteryTicket (reset_weight=True), SimulatedAnnealing, "
          f"AutoCompress, AMC and Optuna keep the last {hard.refine} of their {hard.trials} trials for it; \"budget\" "
          f"above is then the search's own {hard.trials - hard.refine}. After the search, its best feasible allocation "
          f"is pruned again from the pretrained weights by a chain of {hard.refine} trials that share one schedule "
          f"(cuts during the finetunes, AGP's cubic shares, the full allocation after 3/4 of the {hard.refine} epochs; "
          f"one finetune of the whole phase would cut exactly the same). The refined model is the search's best only "
-         f"if its validation score is better. Linear and AGP are gradual chains to the target already (no refine)."
+         f"if its validation score is better. Linear, AGP, LotteryTicket (reset_weight=False) and NetAdapt reach "
+         f"their result by a gradual chain from the pretrained weights already (no refine)."
          if hard.refine else "- No refine phase (`--refine 0`)."),
         "",
         *C.env_lines(args.threads, load_before, load_after, dists=("torch", "nni", "torch-pruning", "optuna", "ray", "numpy",
@@ -1455,11 +1459,17 @@ def notes_lines() -> list[str]:
         "recipes and pretrained models, 3 x 10 finetune seeds unless said): one-shot 98.47; one-shot + 1, 2, 4 or 8 "
         "more trial epochs at T 98.45-98.55 (3 x 3 runs each: more training at T does not help); 8 trial epochs with "
         "the cuts spread over them (one schedule of 8 or 16 updates, the full ratios after 3/4) 98.72-98.88 in 6 "
-        "repetitions with other trial seeds; the same schedule cut into a chain of 8 trials that multiply the masks "
-        "into the weights between trials 98.54-98.76 in 6 repetitions (the next trial's group ranking then reads "
-        "zeros where one finetune reads the masked rows' weights), hence the refine chain hands its weights on as they "
-        "are and cuts exactly as one finetune would (tests/test_refine.py). An earlier form with 12 refine trials of 24 "
-        "(98.40-98.69 in 3 repetitions) was not better than 8.",
+        "repetitions with other trial seeds. Earlier forms of the chain of 8 trials did worse: AGP steps per trial "
+        "98.53-98.65 (6 repetitions), and one shared schedule with the masks multiplied into the weights between "
+        "trials (so the next trial's group ranking read zeros where one finetune reads the masked rows' weights) and "
+        "finetune steps over-counted from the second trial on 98.54-98.76 (6). The refine chain now hands its weights "
+        "on as they are and counts each trial's own steps, so it cuts exactly as one finetune of the whole phase "
+        "(tests/test_refine.py checks masks and weights). 12 refine trials of 24 (AGP steps per trial) gave "
+        "98.40-98.69 (3), not better than 8.",
+        "- The chains measured both ways (2026-12-07, 5 x 6 runs, 16 + 8 trials vs 24): NetAdapt with a refine phase "
+        "B 98.10, without 98.36 (its own iterations already prune gradually from the pretrained weights; the refine "
+        "retrains the same bottlenecked allocation, 9-7-64, from scratch); LotteryTicket (reset_weight=False) 98.49 "
+        "with, 98.40 without. Torch-Pruning: 98.31.",
         "- Optuna's random start (2026-12-07, 5 pretrained models x 6 finetune seeds, the refine phase on, 16 search "
         "trials): `n_startup_trials` 5 (budget/3, what this script used before) B 98.27, 10 (Optuna's default) 98.42, "
         "16 (random search, TPE never used) 98.75, vs Torch-Pruning's 98.31. With a 1-epoch trial score, TPE's model "
