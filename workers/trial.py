@@ -7,7 +7,7 @@ copy and measures it against the origin model, and writes its artifacts:
 
 ``weights.safetensors``
     the finetuned weights with the masks multiplied in (what child trials start from; a refine step
-    before the last saves them as they are, see :func:`search.scheduling.scheduler.hands_on`);
+    before the last saves them as they are, see :func:`search.scheduling.generator.hands_on`);
 ``masks.safetensors``
     the masks ``{module: {target: mask}}``;
 ``compact/``
@@ -66,8 +66,7 @@ from search.pruning.gradual import GradualPruning, GradualSchedule
 from search.pruning.io import load_masks, load_state_dict, save_masks, save_state_dict
 from search.pruning.registry import get_pruner_class, make_pruner
 from search.scheduling import TaskResult, achieved_sparsity
-from search.scheduling.generator import refine_schedule
-from search.scheduling.scheduler import hands_on
+from search.scheduling.generator import hands_on, refine_schedule
 from search.speedup import ModelSpeedup, SpeedupPlan, resolve_factory, save_compact_model
 from search.zoo import get_dataset, get_dummy_input, list_models, model_entry, resolve_device, train_epochs
 from workers.spec import ModelSpec, SpecError, TrialSettings, TrialSpec

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from search.pruning.gradual import GradualSchedule
 from search.scheduling.task import Task, TaskResult, TaskStatus, best_of
 
-__all__ = ["TaskGenerator", "Proposal", "Constraints", "refine_schedule", "scale_config_list"]
+__all__ = ["TaskGenerator", "Proposal", "Constraints", "hands_on", "refine_schedule", "scale_config_list"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,18 @@ def refine_schedule(step: int, steps: int, finetune_steps: int) -> GradualSchedu
     """
     return GradualSchedule(steps=steps * finetune_steps, updates=max(8, 2 * steps), end=0.75,
                            first=(step - 1) * finetune_steps, span=finetune_steps)
+
+
+def hands_on(task: Task | Mapping[str, Any]) -> bool:
+    """A refine step before the last: its weights go to the next step as they are, the masks kept apart.
+
+    Multiplying the masks in would zero what the next step's importance ranking still reads (a masked
+    row of the next layer counts in a channel's group); kept as they are, the chain cuts exactly as
+    one finetune of the whole refine phase would. Its ``result.model`` then computes the masked
+    function only with the masks applied (speedup applies them; it is never a best result).
+    """
+    params = task.params if isinstance(task, Task) else task.get("params", {})
+    return "refine" in params and int(params["refine"]) < int(params.get("steps", 0))
 
 
 @dataclass
@@ -236,9 +248,10 @@ class TaskGenerator:
     def _qualifies(self, result: TaskResult) -> bool:
         """May be the best: feasible; a refine step only as the last of its chain and within the constraints
         (its allocation is the feasible result it refines, whatever else an algorithm's ``feasible`` asks)."""
-        if not self._refine_step(result.task_id, final=True):
+        task = self.tasks[result.task_id]
+        if "refine" not in task.params:
             return self.feasible(result)
-        return not self._refine_step(result.task_id, final=False) and self.constraints.satisfied(result.metrics)
+        return not hands_on(task) and self.constraints.satisfied(result.metrics)
 
     # -- the refine phase -------------------------------------------------------------------------
     def _search_tasks(self) -> list[Task]:
@@ -246,13 +259,6 @@ class TaskGenerator:
 
     def _refine_tasks(self) -> list[Task]:
         return sorted((t for t in self.tasks.values() if "refine" in t.params), key=lambda t: t.task_id)
-
-    def _refine_step(self, task_id: int, final: bool) -> bool:
-        """Task ``task_id`` is a refine step (``final=False``: one before the last of its chain)."""
-        task = self.tasks.get(task_id)
-        if task is None or "refine" not in task.params:
-            return False
-        return final or task.params["refine"] < task.params["steps"]
 
     def _search_over(self) -> bool:
         """The algorithm has stopped (its own rule, or its share of the budget is used up)."""
@@ -269,14 +275,15 @@ class TaskGenerator:
         if not self.refine:
             return True
         done = self._refine_tasks()
-        if done and (len(done) >= done[0].params["steps"] or not self.results.get(done[-1].task_id, TaskResult(-1)).ok):
+        last = self.results.get(done[-1].task_id) if done else None
+        if done and (len(done) >= done[0].params["steps"] or (last is not None and not last.ok)):
             return True
         if not done and self._refine_base() is None:
             return True  # nothing feasible to refine
         return False
 
     def _refine_base(self) -> TaskResult | None:
-        return best_of([r for t, r in self.results.items() if not self._refine_step(t, final=True)],
+        return best_of([r for t, r in self.results.items() if "refine" not in self.tasks[t].params],
                        self.best_result_mode, self.feasible)
 
     def _refine_proposal(self) -> Proposal | None:

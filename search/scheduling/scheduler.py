@@ -34,26 +34,14 @@ from torch import Tensor, nn
 from search.metrics import measure_latency, model_cost
 from search.pruning import GradualPruning, GradualSchedule, Pruner
 from search.pruning.registry import get_pruner_class, make_pruner
-from search.scheduling.generator import TaskGenerator, refine_schedule
+from search.scheduling.generator import TaskGenerator, hands_on, refine_schedule
 from search.scheduling.task import Task, TaskResult
 
-__all__ = ["BasePruningScheduler", "PruningScheduler", "achieved_sparsity", "hands_on"]
+__all__ = ["BasePruningScheduler", "PruningScheduler", "achieved_sparsity"]
 
 logger = logging.getLogger(__name__)
 
 Masks = dict[str, dict[str, Tensor]]
-
-
-def hands_on(task: Task | Mapping[str, Any]) -> bool:
-    """A refine step before the last: its weights go to the next step as they are, the masks kept apart.
-
-    Multiplying the masks in would zero what the next step's importance ranking still reads (a masked
-    row of the next layer counts in a channel's group); kept as they are, the chain cuts exactly as
-    one finetune of the whole refine phase would. Its ``result.model`` then computes the masked
-    function only with the masks applied (speedup applies them; it is never a best result).
-    """
-    params = task.params if isinstance(task, Task) else task.get("params", {})
-    return "refine" in params and int(params["refine"]) < int(params.get("steps", 0))
 
 
 def _accepts(cls: type, name: str) -> bool:
