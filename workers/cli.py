@@ -91,6 +91,11 @@ class _Progress:
                 last = result["error"].strip().splitlines()[-1]
                 self.write(f"trial {event['task_id']} failed: {last}")
             self._postfix()
+        elif kind == "trial_discarded":
+            self.live.pop(event["task_id"], None)
+            if self.bar is not None and not event.get("running"):
+                self.bar.update(-1)  # it had counted as finished; it is not a trial of the search
+            self._postfix()
         elif kind == "export_failed":
             self.write(f"export to {event['format']} failed: {event['error']}")
 
@@ -188,7 +193,8 @@ def _run(args: argparse.Namespace) -> int:
         executor.shutdown()
     progress.close()
     _say(format_table(outcome, spec.objective.metric))
-    _say(f"\n{len(outcome.trials)} trials in {time.time() - started:.1f} s; results in {out}")
+    ahead = f" (and {len(outcome.discarded)} run ahead of a decision, then discarded)" if outcome.discarded else ""
+    _say(f"\n{len(outcome.trials)} trials{ahead} in {time.time() - started:.1f} s; results in {out}")
     best = outcome.best
     if best is None or outcome.best_dir is None:
         _say("no trial succeeded within the constraints", sys.stderr)

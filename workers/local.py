@@ -8,6 +8,10 @@ every result write the generator's ``state_dict()`` and all results to ``out_dir
 (trials that were running are run again). At the end the best trial's compact model is copied to
 ``out_dir/best/`` and exported to ``model.pt2`` (and ``model.onnx``).
 
+A task the algorithm discards (NetAdapt's candidates run ahead of a decision that went the other
+way, see ``TaskGenerator.discard``) is cancelled if it still runs, leaves ``trials`` and is listed
+in ``SearchOutcome.discarded`` (event ``trial_discarded``).
+
 When the spec gives no weights, a *pretrain* trial first trains the origin model
 (``trial.pretrain_epochs``); every later trial starts from its weights.
 
@@ -82,6 +86,8 @@ class SearchOutcome:
         pretrain: the pretrain trial, if one ran.
         out_dir: the search folder.
         params: each trial's task parameters, by task id (``refine``, ``iteration``, ...).
+        discarded: tasks the algorithm handed out ahead of a decision and then discarded, with why
+            (not trials of the search; cancelled if they were still running).
     """
 
     trials: list[TrialResult]
@@ -91,6 +97,7 @@ class SearchOutcome:
     pretrain: TrialResult | None = None
     out_dir: Path | None = None
     params: dict[int, dict[str, Any]] = field(default_factory=dict)
+    discarded: dict[int, str] = field(default_factory=dict)
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -242,9 +249,25 @@ class _Search:
                 break  # nothing runs and nothing more was handed out: the search is done
             for _, result in self.wait():
                 gen.tell(result.to_task_result())
-                self.results[result.task_id] = result
+                if result.task_id not in gen.discarded:  # else discarded while it ran (its cancel came late)
+                    self.results[result.task_id] = result
+                    self.emit({"type": "trial_finished", "task_id": result.task_id, "result": result.to_json()})
+                queue = self.drop_discarded(queue)
                 self.save()
-                self.emit({"type": "trial_finished", "task_id": result.task_id, "result": result.to_json()})
+
+    def drop_discarded(self, queue: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Cancel the trials the generator discarded and forget their results; returns ``queue`` without them."""
+        discarded = self.generator.discarded
+        for handle_id, handle in list(self.running.items()):
+            if handle.trial_id in discarded:
+                self.executor.cancel(handle)
+                del self.running[handle_id]
+                self.emit({"type": "trial_discarded", "task_id": handle.trial_id, "running": True,
+                           "reason": discarded[handle.trial_id]})
+        for task_id in [t for t in self.results if t in discarded]:
+            del self.results[task_id]
+            self.emit({"type": "trial_discarded", "task_id": task_id, "running": False, "reason": discarded[task_id]})
+        return [t for t in queue if t["task_id"] not in discarded]
 
 
 @contextlib.contextmanager
@@ -336,6 +359,7 @@ def run_search(
         trials=[search.results[k] for k in sorted(search.results)], best=best, best_dir=best_dir, exports=exports,
         pretrain=search.pretrain, out_dir=out,
         params={tid: dict(task.params) for tid, task in search.generator.tasks.items()},
+        discarded=dict(search.generator.discarded),
     )
     search.emit({"type": "search_finished", "best_task_id": best.task_id if best else None,
                  "best_dir": str(best_dir) if best_dir else None, "trials": len(outcome.trials)})

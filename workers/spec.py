@@ -544,6 +544,12 @@ class TrialSpec:
         return int(self.task["task_id"])
 
     @property
+    def seed_index(self) -> int:
+        """What seeds the trial's training (the task's ``seed_index``; the task id if it has none)."""
+        index = self.task.get("seed_index")
+        return int(index) if index is not None else self.task_id
+
+    @property
     def kind(self) -> str:
         """``'pretrain'`` or ``'prune'``."""
         return "pretrain" if "pretrain" in self.task.get("params", {}) else "prune"

@@ -215,9 +215,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def trial_seed(settings: TrialSettings, task_id: int) -> int:
-    """The training seed of one trial: different per trial, fixed by the spec."""
-    return (settings.seed * 1_000_003 + task_id + 1) % (2**31)
+def trial_seed(settings: TrialSettings, seed_index: int) -> int:
+    """The training seed of one trial: different per trial, fixed by the spec and the task's ``seed_index``
+    (its place in the search, the task id unless tasks were discarded; see ``Task.seed_index``)."""
+    return (settings.seed * 1_000_003 + seed_index + 1) % (2**31)
 
 
 # -- the trial ------------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def _trial_context(spec: TrialSpec, log_path: Path) -> Iterator[None]:
             lg.setLevel(logging.INFO)
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(trial_seed(spec.settings, spec.task_id))
+            torch.manual_seed(trial_seed(spec.settings, spec.seed_index))
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -270,7 +271,7 @@ def _train(model: nn.Module, data: Any, epochs: int, spec: TrialSpec, device: to
                          "steps_per_epoch": steps_per_epoch, "loss": loss})
 
     loss = train_epochs(model, data, epochs=epochs, batch_size=settings.batch_size, lr=settings.lr,
-                        optimizer=settings.optimizer, device=device, seed=trial_seed(settings, spec.task_id),
+                        optimizer=settings.optimizer, device=device, seed=trial_seed(settings, spec.seed_index),
                         on_step=on_step)
     logger.info("%s: last epoch mean loss %.4f", phase, loss)
     return loss
@@ -306,7 +307,7 @@ def _evaluator(model: nn.Module, data: Any, spec: TrialSpec, device: torch.devic
     params = list(model.parameters())
     optimizer = (torch.optim.Adam(params, lr=settings.lr) if settings.optimizer == "adam"
                  else torch.optim.SGD(params, lr=settings.lr, momentum=0.9))
-    generator = torch.Generator().manual_seed(trial_seed(settings, spec.task_id))
+    generator = torch.Generator().manual_seed(trial_seed(settings, spec.seed_index))
     loader = DataLoader(data.train, batch_size=settings.batch_size, shuffle=True, generator=generator)
 
     def training_step(batch: Any, model: nn.Module) -> torch.Tensor:

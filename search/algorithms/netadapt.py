@@ -8,6 +8,16 @@ briefly and evaluated; when every candidate of the iteration is told, the best-s
 the next parent. The search stops when the target is met (measured when the results carry the
 metric, else estimated), when no layer can shrink further, or when ``max_trials`` is used up.
 
+An iteration's candidates run in parallel, but the iteration ends with a barrier: with 3 layers
+and 2 workers one worker would idle while the last candidate runs. With ``speculate`` (the
+default) the generator fills such a slot with a candidate of the *next* iteration, started from the
+best candidate told so far (params ``speculative: true``). If that candidate wins the iteration,
+the next iteration goes on from the speculative candidates (their results count as if they had
+been handed out after the decision: same config lists, parent and training seed); if another
+candidate wins, they are discarded (runners cancel them; they are not counted in ``max_trials``
+and never the best). So the decisions, scores and best result are the same with any number of
+workers and any timing; only idle time is used. A sequential run never speculates.
+
 The resource estimate (:class:`CostModel`) is analytic: tracing the model once gives each
 ``Conv``/``Linear`` layer's FLOPs and the layer that produces its input channels, so removing a
 share ``r`` of layer ``k``'s output channels removes ``r`` of its own FLOPs and ``r`` of the
@@ -47,7 +57,7 @@ from search.algorithms.allocation import (
     weighted_ratio,
 )
 from search.pruning import Pruner
-from search.scheduling import Proposal, PruningScheduler, TaskGenerator, TaskResult
+from search.scheduling import Proposal, PruningScheduler, Task, TaskGenerator, TaskResult, TaskStatus
 
 __all__ = ["CostModel", "NetAdaptPruner", "NetAdaptTaskGenerator"]
 
@@ -155,6 +165,8 @@ class NetAdaptTaskGenerator(TaskGenerator):
             origin model's resource (FLOPs, params, or weights of the selected layers).
         sparsity_per_iteration: instead, raise the candidate layer's ratio by this fixed step.
         max_layer_ratio: the highest ratio a layer may reach (unless its ``max_sparse_ratio`` is lower).
+        speculate: hand out next-iteration candidates from the best candidate told so far when a
+            worker would otherwise wait for the iteration's last candidates (see the module docstring).
         refine: the last trials of ``max_trials`` kept for the refine phase after the search (see
             :class:`~search.scheduling.TaskGenerator`; 0: none).
         max_trials, constraints, seed: the budget, the cost bounds (``max_flops_ratio``,
@@ -162,7 +174,8 @@ class NetAdaptTaskGenerator(TaskGenerator):
             estimate), and the seed.
 
     Each task's ``params`` hold ``iteration``, ``candidate``, the ``layer`` it shrinks, the
-    requested ``ratios``, ``requested_sparsity`` and the ``estimated`` resource values.
+    requested ``ratios``, ``requested_sparsity`` and the ``estimated`` resource values (and
+    ``speculative: true`` for a candidate handed out before its iteration opened).
     """
 
     def __init__(
@@ -178,6 +191,7 @@ class NetAdaptTaskGenerator(TaskGenerator):
         reduction_per_iteration: float = 0.1,
         sparsity_per_iteration: float | None = None,
         max_layer_ratio: float = 0.9,
+        speculate: bool = True,
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
         seed: int = 0,
@@ -193,8 +207,11 @@ class NetAdaptTaskGenerator(TaskGenerator):
             raise ValueError(f"reduction_per_iteration must be in (0, 1], got {reduction_per_iteration!r}")
         if sparsity_per_iteration is not None and not 0 < sparsity_per_iteration <= 1:
             raise ValueError(f"sparsity_per_iteration must be in (0, 1], got {sparsity_per_iteration!r}")
+        if not isinstance(speculate, bool):
+            raise ValueError(f"speculate must be true or false, got {speculate!r}")
         self.reduction_per_iteration = reduction_per_iteration
         self.sparsity_per_iteration = sparsity_per_iteration
+        self.speculate = speculate
         self.layers: list[LayerSpec] = allocation_layers(origin_model, self.origin_config_list, max_layer_ratio)
         self.sign = 1.0 if best_result_mode == "maximize" else -1.0
         # Resources to bring down to their targets, in the order they are worked on.
@@ -213,6 +230,9 @@ class NetAdaptTaskGenerator(TaskGenerator):
         self.parent_id: int | None = None
         self.measured: dict[str, float] = {}
         self.round: CandidateRound | None = None
+        #: the next iteration's candidates, handed out before this one is decided (see ``speculate``):
+        #: ``{"base": task id they start from, "iteration": n, "round": CandidateRound}``
+        self.ahead: dict[str, Any] | None = None
         self.done_reason: str | None = None
         self.decisions: list[dict[str, Any]] = []
 
@@ -224,16 +244,20 @@ class NetAdaptTaskGenerator(TaskGenerator):
         by_name = {layer.name: r for layer, r in zip(self.layers, ratios, strict=True)}
         return self.cost.params_ratio(by_name) if metric == "params_ratio" else self.cost.flops_ratio(by_name)
 
-    def _current(self, metric: str) -> float:
-        if metric in self.measured:
-            return self.measured[metric]
-        if metric == "latency_ratio" and "flops_ratio" in self.measured:
-            return self.measured["flops_ratio"]
-        return self.estimate(metric, self.ratios)
+    @staticmethod
+    def _measured_of(metrics: Mapping[str, Any]) -> dict[str, float]:
+        return {m: float(metrics[m]) for m in ("flops_ratio", "params_ratio", "latency_ratio") if m in metrics}
 
-    def _unmet(self) -> tuple[str, float] | None:
+    def _current(self, metric: str, ratios: Sequence[float], measured: Mapping[str, float]) -> float:
+        if metric in measured:
+            return measured[metric]
+        if metric == "latency_ratio" and "flops_ratio" in measured:
+            return measured["flops_ratio"]
+        return self.estimate(metric, ratios)
+
+    def _unmet(self, ratios: Sequence[float], measured: Mapping[str, float]) -> tuple[str, float] | None:
         for metric, target in self.resources:
-            if self._current(metric) > target + 1e-6:
+            if self._current(metric, ratios, measured) > target + 1e-6:
                 return metric, target
         return None
 
@@ -255,18 +279,18 @@ class NetAdaptTaskGenerator(TaskGenerator):
         snapped = math.ceil(ratio * c - 1e-6) / c
         return snapped if snapped <= self.layers[k].hi + _EPS else math.floor(ratio * c + 1e-6) / c
 
-    def _candidate_ratio(self, k: int, metric: str, goal: float) -> tuple[float, bool] | None:
-        """The smallest ratio of layer ``k`` whose estimate reaches ``goal``, and whether it does.
+    def _candidate_ratio(self, k: int, metric: str, goal: float, ratios: Sequence[float]) -> tuple[float, bool] | None:
+        """The smallest ratio of layer ``k`` (from ``ratios``) whose estimate reaches ``goal``, and whether it does.
 
         A layer that cannot reach it offers its max ratio (used only when no layer reaches it).
         """
-        layer, r0 = self.layers[k], self.ratios[k]
+        layer, r0 = self.layers[k], ratios[k]
         if self.sparsity_per_iteration is not None:
             x = self._snap(k, min(r0 + self.sparsity_per_iteration, layer.hi))
             return (x, True) if x > r0 + _EPS else None
 
         def est(x: float) -> float:
-            trial = list(self.ratios)
+            trial = list(ratios)
             trial[k] = x
             return self.estimate(metric, trial)
 
@@ -281,29 +305,48 @@ class NetAdaptTaskGenerator(TaskGenerator):
         x = self._snap(k, hi)
         return (x, meets) if x > r0 + _EPS else None
 
-    def _open_iteration(self) -> None:
-        unmet = self._unmet()
+    def _plan(self, ratios: Sequence[float], measured: Mapping[str, float]) -> tuple[list[dict[str, Any]], str | None]:
+        """The candidates of an iteration that starts from ``ratios`` (``[]`` and why, if there are none)."""
+        unmet = self._unmet(ratios, measured)
         if unmet is None:
-            self.done_reason = "target reached"
-            return
+            return [], "target reached"
         metric, target = unmet
-        now = self._current(metric)
+        now = self._current(metric, ratios, measured)
         step = min(self.reduction_per_iteration, now - target)
-        goal = self.estimate(metric, self.ratios) - step
-        found = [(k, self._candidate_ratio(k, metric, goal)) for k in range(len(self.layers))]
+        goal = self.estimate(metric, ratios) - step
+        found = [(k, self._candidate_ratio(k, metric, goal, ratios)) for k in range(len(self.layers))]
         options = [(k, c[0], c[1]) for k, c in found if c is not None]
         if any(meets for _, _, meets in options):
             options = [o for o in options if o[2]]  # NetAdapt compares only candidates that make the step
         if not options:
-            self.done_reason = f"no layer can lower {metric} further (every layer at its max ratio)"
-            return
+            return [], f"no layer can lower {metric} further (every layer at its max ratio)"
         items = []
         for k, x, _ in options:
-            ratios = list(self.ratios)
-            ratios[k] = x
-            items.append({"layer": k, "ratios": ratios})
+            candidate = list(ratios)
+            candidate[k] = x
+            items.append({"layer": k, "ratios": candidate})
+        return items, None
+
+    def _open_iteration(self) -> None:
+        items, why = self._plan(self.ratios, self.measured)
+        if not items:
+            self.done_reason = why
+            return
         self.iteration += 1
         self.round = CandidateRound(items)
+
+    def _proposal(self, iteration: int, index: int, item: Mapping[str, Any], parent_id: int | None,
+                  speculative: bool = False) -> Proposal:
+        ratios = item["ratios"]
+        params: dict[str, Any] = {
+            "iteration": iteration, "candidate": index, "layer": self.layers[item["layer"]].name,
+            "ratios": {layer.name: r for layer, r in zip(self.layers, ratios, strict=True)},
+            "requested_sparsity": weighted_ratio(self.layers, ratios),
+            "estimated": {metric: self.estimate(metric, ratios) for metric, _ in self.resources},
+        }
+        if speculative:
+            params["speculative"] = True
+        return Proposal(per_layer_config_list(self.layers, ratios), parent_id, params)
 
     def _propose(self, n: int) -> list[Proposal]:
         if self.done_reason is not None:
@@ -312,28 +355,14 @@ class NetAdaptTaskGenerator(TaskGenerator):
             self._open_iteration()
             if self.round is None:
                 return []
-        proposals = []
-        for index, item in self.round.take(n):
-            ratios = item["ratios"]
-            params = {
-                "iteration": self.iteration, "candidate": index, "layer": self.layers[item["layer"]].name,
-                "ratios": {layer.name: r for layer, r in zip(self.layers, ratios, strict=True)},
-                "requested_sparsity": weighted_ratio(self.layers, ratios),
-                "estimated": {metric: self.estimate(metric, ratios) for metric, _ in self.resources},
-            }
-            proposals.append(Proposal(per_layer_config_list(self.layers, ratios), self.parent_id, params))
+        proposals = [self._proposal(self.iteration, index, item, self.parent_id) for index, item in self.round.take(n)]
+        if len(proposals) < n and self.speculate:
+            proposals += self._speculate(n - len(proposals))
         return proposals
 
-    def _observe(self, result: TaskResult) -> None:
-        params = self.tasks[result.task_id].params
-        if self.round is None or params.get("iteration") != self.iteration:
-            return
-        self.round.record(int(params["candidate"]), result.task_id, result.score if result.ok else None)
-        budget_left = self.search_trials is None or len(self._search_tasks()) < self.search_trials
-        if self.round.complete(budget_left):
-            self._decide()
-
-    def _decide(self) -> None:
+    # -- running ahead ----------------------------------------------------------------------------
+    def _leader(self) -> tuple[Any, int, float | None] | None:
+        """``(item, task id, score)`` of the best candidate told so far (the rule :meth:`_decide` applies)."""
         assert self.round is not None
         best: tuple[Any, int, float | None] | None = None
         for _, item, task_id, score in self.round.outcomes():
@@ -341,18 +370,82 @@ class NetAdaptTaskGenerator(TaskGenerator):
                 continue
             if best is None or better(score, best[2], self.sign):
                 best = (item, task_id, score)
+        return best
+
+    def _speculate(self, n: int) -> list[Proposal]:
+        """Up to ``n`` candidates of the next iteration, from the leader of this one (see ``speculate``)."""
+        leader = self._leader()
+        if leader is None:
+            return []
+        item, base_id, _ = leader
+        if self.ahead is not None and self.ahead["base"] != base_id:
+            self._drop_ahead(f"task {base_id} leads iteration {self.iteration} now")
+        if self.ahead is None:
+            items, _ = self._plan(item["ratios"], self._measured_of(self.results[base_id].metrics))
+            if not items:
+                return []  # the leader would end the search: nothing to run ahead
+            self.ahead = {"base": base_id, "iteration": self.iteration + 1, "round": CandidateRound(items)}
+        return [self._proposal(self.ahead["iteration"], index, it, base_id, speculative=True)
+                for index, it in self.ahead["round"].take(n)]
+
+    def _ahead_tasks(self) -> list[int]:
+        if self.ahead is None:
+            return []
+        return [t.task_id for t in self.tasks.values() if t.params.get("speculative") and "refine" not in t.params
+                and t.params.get("iteration") == self.ahead["iteration"] and t.status is not TaskStatus.DISCARDED]
+
+    def _drop_ahead(self, why: str) -> None:
+        if self.ahead is None:
+            return
+        self.discard(self._ahead_tasks(), f"ran ahead from task {self.ahead['base']}, but {why}")
+        self.ahead = None
+
+    def _tentative(self, task: Task) -> bool:
+        return self.ahead is not None and bool(task.params.get("speculative")) and \
+            task.params.get("iteration") == self.ahead["iteration"]
+
+    def _observe(self, result: TaskResult) -> None:
+        params = self.tasks[result.task_id].params
+        score = result.score if result.ok else None
+        if self.ahead is not None and params.get("speculative") and params.get("iteration") == self.ahead["iteration"]:
+            self.ahead["round"].record(int(params["candidate"]), result.task_id, score)
+            return
+        if self.round is None or params.get("iteration") != self.iteration:
+            return
+        self.round.record(int(params["candidate"]), result.task_id, score)
+        budget_left = self.search_trials is None or len(self._search_tasks()) < self.search_trials
+        if self.round.complete(budget_left):
+            self._decide()
+        elif self.ahead is not None:
+            leader = self._leader()
+            if leader is None or leader[1] != self.ahead["base"]:
+                self._drop_ahead(f"task {result.task_id} leads iteration {self.iteration} now")
+
+    def _decide(self) -> None:
+        assert self.round is not None
+        best = self._leader()
         self.round = None
         if best is None:
             self.done_reason = f"every candidate of iteration {self.iteration} failed"
+            self._drop_ahead(self.done_reason)
             return
         item, task_id, score = best
         self.parent_id, self.ratios = task_id, list(item["ratios"])
-        metrics = self.results[task_id].metrics
-        self.measured = {m: float(metrics[m]) for m in ("flops_ratio", "params_ratio", "latency_ratio") if m in metrics}
+        self.measured = self._measured_of(self.results[task_id].metrics)
         self.decisions.append({"iteration": self.iteration, "task_id": task_id, "score": score,
                                "layer": self.layers[item["layer"]].name})
-        if self._unmet() is None:
+        if self._unmet(self.ratios, self.measured) is None:
             self.done_reason = "target reached"
+        if self.ahead is None:
+            return
+        if self.done_reason is not None or self.ahead["base"] != task_id:
+            self._drop_ahead(self.done_reason or f"task {task_id} won iteration {self.iteration}")
+            return
+        # the bet is won: the next iteration is the one that ran ahead (the same candidates _open_iteration makes)
+        self.iteration, self.round, self.ahead = self.ahead["iteration"], self.ahead["round"], None
+        budget_left = self.search_trials is None or len(self._search_tasks()) < self.search_trials
+        if self.round.next > 0 and self.round.complete(budget_left):
+            self._decide()
 
     # -- results ----------------------------------------------------------------------------------
     def feasible(self, result: TaskResult) -> bool:
@@ -370,15 +463,17 @@ class NetAdaptTaskGenerator(TaskGenerator):
 
     def _keep_models(self) -> list[int]:
         keep = [self.parent_id] if self.parent_id is not None else []
-        if self.round is not None:
-            keep += [task_id for _, _, task_id, _ in self.round.outcomes()]
+        for round_ in (self.round, self.ahead["round"] if self.ahead is not None else None):
+            if round_ is not None:
+                keep += [task_id for _, _, task_id, _ in round_.outcomes()]
         return keep
 
     def _algo_state(self) -> dict[str, Any]:
+        ahead = None if self.ahead is None else {**self.ahead, "round": self.ahead["round"].to_json()}
         return {
             "iteration": self.iteration, "ratios": list(self.ratios), "parent_id": self.parent_id,
             "measured": dict(self.measured), "round": self.round.to_json() if self.round is not None else None,
-            "done_reason": self.done_reason, "decisions": copy.deepcopy(self.decisions),
+            "ahead": ahead, "done_reason": self.done_reason, "decisions": copy.deepcopy(self.decisions),
         }
 
     def _load_algo_state(self, state: dict[str, Any]) -> None:
@@ -387,6 +482,9 @@ class NetAdaptTaskGenerator(TaskGenerator):
         self.parent_id = state["parent_id"]
         self.measured = {k: float(v) for k, v in state["measured"].items()}
         self.round = CandidateRound.from_json(state["round"]) if state["round"] is not None else None
+        ahead = state.get("ahead")
+        self.ahead = None if ahead is None else {"base": int(ahead["base"]), "iteration": int(ahead["iteration"]),
+                                                 "round": CandidateRound.from_json(ahead["round"])}
         self.done_reason = state["done_reason"]
         self.decisions = copy.deepcopy(list(state["decisions"]))
 
@@ -402,7 +500,7 @@ class NetAdaptPruner(SearchPruner):
         evaluator: ``evaluator(model) -> score`` (required: candidates are compared by score).
         dummy_input: an input for the cost estimate and for measuring the trials.
         log_dir, keep_intermediate_result, speedup, pruning_params: as for the other search pruners.
-        reduction_per_iteration, sparsity_per_iteration, max_layer_ratio, best_result_mode,
+        reduction_per_iteration, sparsity_per_iteration, max_layer_ratio, speculate, best_result_mode,
             max_trials, constraints, seed: see :class:`NetAdaptTaskGenerator`.
         gradual: prune during each trial's finetune instead of before it (see
             :class:`~search.scheduling.PruningScheduler`).
@@ -426,6 +524,7 @@ class NetAdaptPruner(SearchPruner):
         reduction_per_iteration: float = 0.1,
         sparsity_per_iteration: float | None = None,
         max_layer_ratio: float = 0.9,
+        speculate: bool = True,
         best_result_mode: str = "maximize",
         max_trials: int | None = None,
         constraints: Mapping[str, Any] | None = None,
@@ -438,7 +537,7 @@ class NetAdaptPruner(SearchPruner):
         self.task_generator = NetAdaptTaskGenerator(
             model, None, config_list, log_dir, keep_intermediate_result, best_result_mode, dummy_input=dummy_input,
             reduction_per_iteration=reduction_per_iteration, sparsity_per_iteration=sparsity_per_iteration,
-            max_layer_ratio=max_layer_ratio, max_trials=max_trials, constraints=constraints, seed=seed, refine=refine,
+            max_layer_ratio=max_layer_ratio, speculate=speculate, max_trials=max_trials, constraints=constraints, seed=seed, refine=refine,
         )
         self.scheduler = PruningScheduler(pruning_algorithm, self.task_generator, finetuner=finetuner, speedup=speedup,
                                           dummy_input=dummy_input, evaluator=evaluator, pruner_kwargs=pruning_params,

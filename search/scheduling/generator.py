@@ -13,6 +13,14 @@ Subclasses implement two hooks:
 and, if they keep state of their own, ``_algo_state()`` / ``_load_algo_state(state)``.
 ``_finished()`` says when the algorithm has nothing more to try.
 
+An algorithm whose tasks wait for a decision (NetAdapt's iteration) may hand out tasks *ahead*
+of it when a worker would otherwise idle, betting on how the decision will go. Until the decision
+such a task is *tentative* (``_tentative``: never the best); if the bet is lost the algorithm
+calls :meth:`TaskGenerator.discard`: the task leaves the search (status ``discarded``, not
+counted in the budget, a late result ignored) and runners cancel it if it still runs. Each task's
+``seed_index`` (what seeds its trial) is its place among the tasks that were not discarded, so a
+search reaches the same decisions and scores whether or not anything ran ahead.
+
 With ``refine=R`` the last ``R`` trials of the budget are kept for a *refine phase* after the
 search: the best allocation found (its config list) is pruned again from the origin weights,
 gradually, by a chain of ``R`` trials that share one pruning schedule (:func:`refine_schedule`:
@@ -184,7 +192,10 @@ class TaskGenerator:
         self.rng = random.Random(seed)
         self.tasks: dict[int, Task] = {}
         self.results: dict[int, TaskResult] = {}
+        #: task id -> why it was discarded (see :meth:`discard`)
+        self.discarded: dict[int, str] = {}
         self._next_id = 0
+        self._best_written: int | None = None
 
     # -- the contract -----------------------------------------------------------------------------
     def ask(self, n: int = 1) -> list[Task]:
@@ -193,13 +204,15 @@ class TaskGenerator:
             return []
         if not self._search_over():
             if self.search_trials is not None:
-                n = min(n, self.search_trials - len(self.tasks))
+                n = min(n, self.search_trials - len(self._search_tasks()))
             return [self._hand_out(p) for p in self._propose(n)[:n]] if n > 0 else []
         proposal = self._refine_proposal()
         return [self._hand_out(proposal)] if proposal is not None else []
 
     def _hand_out(self, proposal: Proposal) -> Task:
-        task = Task(self._next_id, [dict(c) for c in proposal.config_list], proposal.parent_id, dict(proposal.params))
+        live = sum(1 for t in self.tasks.values() if t.status is not TaskStatus.DISCARDED)
+        task = Task(self._next_id, [dict(c) for c in proposal.config_list], proposal.parent_id, dict(proposal.params),
+                    seed_index=live)
         task.status = TaskStatus.RUNNING
         self.tasks[task.task_id] = task
         self._next_id += 1
@@ -210,6 +223,9 @@ class TaskGenerator:
         task = self.tasks.get(result.task_id)
         if task is None:
             raise KeyError(f"no task {result.task_id} was handed out by this generator")
+        if task.status is TaskStatus.DISCARDED:
+            logger.debug("task %d was discarded; its result is ignored", result.task_id)
+            return
         if task.status.is_terminal():
             raise ValueError(f"task {result.task_id} already has a result")
         task.status = TaskStatus.SUCCEEDED if result.ok else TaskStatus.FAILED
@@ -218,6 +234,28 @@ class TaskGenerator:
             self._observe(result)
         self._write_logs(task, result)
         self._release_models()
+
+    def discard(self, task_ids: Sequence[int], reason: str) -> None:
+        """Take tasks handed out ahead of a decision out of the search (see the module docstring).
+
+        They no longer count in the budget, are never the best, and a result told for them later
+        is ignored; a result they already have is dropped. Runners cancel those still running
+        (status ``discarded`` while the runner has them in flight). ``reason`` is kept in
+        :attr:`discarded`.
+        """
+        for task_id in task_ids:
+            task = self.tasks[task_id]
+            if task.status is TaskStatus.DISCARDED:
+                continue
+            task.status = TaskStatus.DISCARDED
+            self.results.pop(task_id, None)
+            self.discarded[task_id] = reason
+            logger.info("task %d discarded: %s", task_id, reason)
+            if self.log_dir is not None and (self.log_dir / str(task_id)).is_dir():
+                try:
+                    (self.log_dir / str(task_id) / "discarded.json").write_text(json.dumps({"reason": reason}))
+                except OSError as exc:
+                    logger.warning("could not write logs for task %d: %s", task_id, exc)
 
     def is_done(self) -> bool:
         """True when nothing runs and nothing more will be proposed."""
@@ -249,13 +287,16 @@ class TaskGenerator:
         """May be the best: feasible; a refine step only as the last of its chain and within the constraints
         (its allocation is the feasible result it refines, whatever else an algorithm's ``feasible`` asks)."""
         task = self.tasks[result.task_id]
+        if task.status is TaskStatus.DISCARDED or self._tentative(task):
+            return False
         if "refine" not in task.params:
             return self.feasible(result)
         return not hands_on(task) and self.constraints.satisfied(result.metrics)
 
     # -- the refine phase -------------------------------------------------------------------------
     def _search_tasks(self) -> list[Task]:
-        return [t for t in self.tasks.values() if "refine" not in t.params]
+        """The search's tasks (not the refine phase's, not discarded ones): what its budget counts."""
+        return [t for t in self.tasks.values() if "refine" not in t.params and t.status is not TaskStatus.DISCARDED]
 
     def _refine_tasks(self) -> list[Task]:
         return sorted((t for t in self.tasks.values() if "refine" in t.params), key=lambda t: t.task_id)
@@ -283,8 +324,8 @@ class TaskGenerator:
         return False
 
     def _refine_base(self) -> TaskResult | None:
-        return best_of([r for t, r in self.results.items() if "refine" not in self.tasks[t].params],
-                       self.best_result_mode, self.feasible)
+        return best_of([r for t, r in self.results.items() if "refine" not in self.tasks[t].params
+                        and not self._tentative(self.tasks[t])], self.best_result_mode, self.feasible)
 
     def _refine_proposal(self) -> Proposal | None:
         """The next step of the refine chain, once the one before it (or the whole search) has a result."""
@@ -354,6 +395,10 @@ class TaskGenerator:
     def _finished(self) -> bool:
         return False
 
+    def _tentative(self, task: Task) -> bool:
+        """A task handed out ahead of a decision that has not been made yet (never the best meanwhile)."""
+        return False
+
     def _algo_state(self) -> dict[str, Any]:
         return {}
 
@@ -370,6 +415,7 @@ class TaskGenerator:
             "next_id": self._next_id,
             "tasks": [t.to_json() for t in self.tasks.values()],
             "results": [r.to_json() for r in self.results.values()],
+            "discarded": {str(k): v for k, v in self.discarded.items()},
             "rng": [version, list(internal), gauss],
             "algo": self._algo_state(),
         }
@@ -384,6 +430,7 @@ class TaskGenerator:
         self._next_id = int(state["next_id"])
         self.tasks = {t["task_id"]: Task.from_json(t) for t in state["tasks"]}
         self.results = {r["task_id"]: TaskResult.from_json(r) for r in state["results"]}
+        self.discarded = {int(k): str(v) for k, v in state.get("discarded", {}).items()}
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self._load_algo_state(state.get("algo", {}))
@@ -407,13 +454,15 @@ class TaskGenerator:
                 from search.pruning.io import save_state_dict  # noqa: PLC0415
 
                 save_state_dict(result.model.state_dict(), folder / "model.safetensors")
-            if best is not None and best.task_id == task.task_id:
-                self._write_best(task, result)
+            if best is not None and (best.task_id == task.task_id or best.task_id != self._best_written):
+                # (the best may also change to a task told earlier: a tentative task whose bet was won)
+                self._write_best(self.tasks[best.task_id], best)
         except OSError as exc:  # logs must never stop a search
             logger.warning("could not write logs for task %d: %s", task.task_id, exc)
 
     def _write_best(self, task: Task, result: TaskResult) -> None:
         assert self.log_dir is not None
+        self._best_written = task.task_id
         folder = self.log_dir / "best_result"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config_list.json").write_text(json.dumps(task.config_list, indent=1))

@@ -25,9 +25,12 @@ class TaskStatus(str, enum.Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    #: handed out ahead of a decision that went the other way: not part of the search (see
+    #: :meth:`~search.scheduling.TaskGenerator.discard`); its result, if one comes, is ignored.
+    DISCARDED = "discarded"
 
     def is_terminal(self) -> bool:
-        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DISCARDED)
 
 
 @dataclass
@@ -39,6 +42,10 @@ class Task:
         config_list: the pruner's config list for this step (relative to the origin model).
         parent_id: the task whose finetuned weights and masks this one starts from.
         params: algorithm-specific data (iteration, per-layer ratios, a rewind flag...).
+        seed_index: what seeds the trial's training: the task's place among the search's tasks
+            as if no task handed out ahead of a decision had been discarded (``None``: the
+            ``task_id``). A task the algorithm hands out early gets the index it would have had
+            if handed out after the decision, so its result does not depend on the timing.
     """
 
     task_id: int
@@ -46,6 +53,7 @@ class Task:
     parent_id: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     status: TaskStatus = TaskStatus.PENDING
+    seed_index: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,16 +62,19 @@ class Task:
             "parent_id": self.parent_id,
             "params": copy.deepcopy(self.params),
             "status": self.status.value,
+            "seed_index": self.seed_index,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
+        seed_index = data.get("seed_index")
         return cls(
             task_id=int(data["task_id"]),
             config_list=list(data["config_list"]),
             parent_id=data.get("parent_id"),
             params=dict(data.get("params", {})),
             status=TaskStatus(data.get("status", "pending")),
+            seed_index=int(seed_index) if seed_index is not None else None,
         )
 
 
