@@ -11,7 +11,8 @@ metric, else estimated), when no layer can shrink further, or when ``max_trials`
 An iteration's candidates run in parallel, but the iteration ends with a barrier: with 3 layers
 and 2 workers one worker would idle while the last candidate runs. With ``speculate`` (the
 default) the generator fills such a slot with a candidate of the *next* iteration, started from the
-best candidate told so far (params ``speculative: true``). If that candidate wins the iteration,
+best candidate told so far (params ``speculative: true``; candidates are handed out in the order of
+their layers' latest wins, so the first ones told, whose leader is the bet, tend to hold the winner). If that candidate wins the iteration,
 the next iteration goes on from the speculative candidates (their results count as if they had
 been handed out after the decision: same config lists, parent and training seed); if another
 candidate wins, they are discarded (runners cancel them; they are not counted in ``max_trials``
@@ -305,8 +306,15 @@ class NetAdaptTaskGenerator(TaskGenerator):
         x = self._snap(k, hi)
         return (x, meets) if x > r0 + _EPS else None
 
-    def _plan(self, ratios: Sequence[float], measured: Mapping[str, float]) -> tuple[list[dict[str, Any]], str | None]:
-        """The candidates of an iteration that starts from ``ratios`` (``[]`` and why, if there are none)."""
+    def _plan(self, ratios: Sequence[float], measured: Mapping[str, float],
+              winners: Sequence[int]) -> tuple[list[dict[str, Any]], str | None]:
+        """The candidates of an iteration that starts from ``ratios`` (``[]`` and why, if there are none).
+
+        ``winners``: the layers that won the iterations so far, oldest first. The candidates come
+        in the order of the layers' latest wins (then in layer order): the layer that won last
+        is likely to win again, and the candidates handed out first are told first, so running
+        ahead from the leader of those bets on the likely winner.
+        """
         unmet = self._unmet(ratios, measured)
         if unmet is None:
             return [], "target reached"
@@ -320,6 +328,8 @@ class NetAdaptTaskGenerator(TaskGenerator):
             options = [o for o in options if o[2]]  # NetAdapt compares only candidates that make the step
         if not options:
             return [], f"no layer can lower {metric} further (every layer at its max ratio)"
+        last_win = {k: i for i, k in enumerate(winners)}
+        options.sort(key=lambda o: (-last_win.get(o[0], -1), o[0]))
         items = []
         for k, x, _ in options:
             candidate = list(ratios)
@@ -327,8 +337,12 @@ class NetAdaptTaskGenerator(TaskGenerator):
             items.append({"layer": k, "ratios": candidate})
         return items, None
 
+    def _winners(self) -> list[int]:
+        index = {layer.name: k for k, layer in enumerate(self.layers)}
+        return [index[d["layer"]] for d in self.decisions]
+
     def _open_iteration(self) -> None:
-        items, why = self._plan(self.ratios, self.measured)
+        items, why = self._plan(self.ratios, self.measured, self._winners())
         if not items:
             self.done_reason = why
             return
@@ -381,7 +395,8 @@ class NetAdaptTaskGenerator(TaskGenerator):
         if self.ahead is not None and self.ahead["base"] != base_id:
             self._drop_ahead(f"task {base_id} leads iteration {self.iteration} now")
         if self.ahead is None:
-            items, _ = self._plan(item["ratios"], self._measured_of(self.results[base_id].metrics))
+            items, _ = self._plan(item["ratios"], self._measured_of(self.results[base_id].metrics),
+                                  [*self._winners(), item["layer"]])
             if not items:
                 return []  # the leader would end the search: nothing to run ahead
             self.ahead = {"base": base_id, "iteration": self.iteration + 1, "round": CandidateRound(items)}
