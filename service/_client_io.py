@@ -120,6 +120,10 @@ class TrialBar:
             self.live.pop(number, None)
             if number >= 0:
                 self.bar.update(1)
+        elif event.kind == "trial_discarded" and isinstance(number, int):
+            self.live.pop(number, None)
+            if not event.data.get("running") and self.bar.n > 0:
+                self.bar.update(-1)  # it had counted as finished; it is not a trial of the search
         elif event.kind == "trial_started" and isinstance(number, int):
             self.live[number] = "started"
         elif event.kind == "trial_progress" and isinstance(number, int):

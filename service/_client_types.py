@@ -327,7 +327,9 @@ class Event:
     """One event of an experiment's stream: ``id`` (``None`` for the final ``end``), ``kind``, ``data``.
 
     Kinds: experiment_state, trial_started, trial_progress, trial_finished, trial_failed,
-    best_changed, log, and ``end`` (the stream is over; ``data["state"]`` is the final state).
+    trial_discarded (``{number, reason, running}``: a task the algorithm ran ahead of a decision and
+    then took out of the search), best_changed, log, and ``end`` (the stream is over;
+    ``data["state"]`` is the final state).
     """
 
     id: int | None

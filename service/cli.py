@@ -294,6 +294,8 @@ class _EventPrinter:
                                                          if d.get("error") else ""))
         elif event.kind == "trial_failed":
             self.write(f"trial {d.get('number')} failed: {d.get('error')}")
+        elif event.kind == "trial_discarded" and not self.bar:
+            self.write(f"trial {d.get('number')} discarded: {d.get('reason')}")
         elif event.kind == "trial_finished" and not self.bar:
             self.write(f"trial {d.get('number')} finished: score {_num(d.get('score'))}")
         elif event.kind == "best_changed" and d.get("number") is not None:

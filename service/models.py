@@ -129,7 +129,8 @@ class Base(DeclarativeBase):
 class Experiment(Base):
     """One submitted search: its spec, state, lease and denormalised progress.
 
-    ``n_trials`` counts finished trials; ``best_*`` mirror the best trial (the runner sets them);
+    ``n_trials`` counts finished trials (``succeeded``/``failed``; not the ``discarded`` ones, which
+    are no trials of the search); ``best_*`` mirror the best trial (the runner sets them);
     ``generator_state`` is a checkpoint of the TaskGenerator's ``state_dict`` plus the runner's
     bookkeeping (versioned JSON; the calls after it are journaled on the trial rows, see
     ``service.runner_experiment``). ``lease_owner``/``lease_expires_at`` say which runner drives it (see

@@ -29,7 +29,11 @@ runs it as a standalone worker process). One round:
    generator (``store.record_trial_result``, fenced by the lease: a runner that lost its lease
    cannot write). The task that takes the freed slot is opened in the same transaction (one
    commit per trial). A trial that raised is ``failed`` with its traceback in ``error``; the
-   search goes on.
+   search goes on. Tasks the generator *discards* (NetAdapt's candidates run ahead of a decision
+   that went the other way, ``TaskGenerator.discard``) are cancelled if they still run, and their
+   rows move to ``discarded`` (reason in ``error``, a ``trial_discarded`` event, no longer counted
+   in ``n_trials``) in that same transaction; their slots are filled there too. A discarded
+   trial never runs again, and a result it reports anyway is dropped.
 5. **Finish** searches that are done: the best trial's compact model is exported to
    ``experiments/<id>/best/`` (``model.pt2``, ``model.onnx``, ``model.safetensors``,
    ``masks.safetensors``, ``compact.json``) and registered as artifacts with size, content type
@@ -75,6 +79,7 @@ from service.artifacts import PRETRAIN_NUMBER, ArtifactStore
 from service.db import session_scope
 from service.models import Experiment, utcnow
 from service.runner_db import (
+    discard_trials,
     finish_experiment,
     json_safe,
     load_journal,
@@ -345,6 +350,13 @@ class Runner:
         driver.best_number = best
         with self._lock:
             self.drivers[exp_id] = driver
+        # the replay discarded the same tasks again; their rows are normally discarded already
+        discarded = driver.take_discarded()
+        if discarded:
+            with session_scope(self.session_factory) as s:
+                events = discard_trials(s, exp_id, discarded)
+                if events:
+                    store.append_events(s, exp_id, events, lease_owner=self.owner_id)
 
     def _submit(self) -> bool:
         """Hand out tasks round-robin, one per experiment per round, within both limits."""
@@ -361,16 +373,24 @@ class Runner:
 
     def _submit_one(self, driver: ExperimentDriver) -> bool:
         tasks = driver.next_tasks(1)
-        if not tasks:
+        discarded = driver.take_discarded()  # an ask may discard what ran ahead too
+        if not tasks and not discarded:
             return False
         with session_scope(self.session_factory) as s:
             attempts, started = self._open_trials(s, driver, tasks)
-            store.append_events(s, driver.experiment_id, started, lease_owner=self.owner_id)
+            dropped = discard_trials(s, driver.experiment_id, discarded)
+            store.append_events(s, driver.experiment_id, [*dropped, *started], lease_owner=self.owner_id)
+            if discarded:  # the ask that discarded them may have handed out nothing: no row journals it
+                store.set_generator_state(s, driver.experiment_id, driver.checkpoint(), lease_owner=self.owner_id)
         self._hand_out(driver, tasks, attempts)
         return True
 
     def _has_slot(self, driver: ExperimentDriver) -> bool:
-        return len(driver.running) < driver.limit and self.in_flight() < self.max_trials_in_flight
+        return self._free_slots(driver) > 0
+
+    def _free_slots(self, driver: ExperimentDriver) -> int:
+        """Trials ``driver`` may start now, within its own limit and the global one."""
+        return max(0, min(driver.limit - len(driver.running), self.max_trials_in_flight - self.in_flight()))
 
     @staticmethod
     def _open_trials(s: Session, driver: ExperimentDriver,
@@ -388,10 +408,12 @@ class Runner:
 
     @staticmethod
     def _hand_out(driver: ExperimentDriver, tasks: list[dict[str, Any]], attempts: dict[int, int]) -> None:
-        """Give committed tasks to the executor."""
+        """Give committed tasks to the executor (not those discarded since they were handed out: their rows are
+        ``discarded`` in the same commit)."""
         for task in tasks:
             driver.asked.pop(int(task["task_id"]), None)
-            driver.submit(task, attempts[int(task["task_id"])])
+            if not driver.is_discarded(int(task["task_id"])):
+                driver.submit(task, attempts[int(task["task_id"])])
 
     def _collect(self) -> bool:
         did = False
@@ -404,19 +426,32 @@ class Runner:
         return did
 
     def _record(self, driver: ExperimentDriver, item: Finished) -> None:
-        """Commit a finished trial; the task that takes its slot is opened in the same transaction."""
+        """Commit a finished trial; the tasks that take its slot (and the slots of trials its result made the
+        generator discard, cancelled here) are opened, and the discarded rows moved, in the same transaction."""
         exp_id, result, number = driver.experiment_id, item.result, item.number
+        if driver.is_discarded(number):
+            # discarded while it ran (reported in the same poll as the result that discarded it): its row is
+            # discarded already and the generator would ignore the result, so nothing is told or written
+            logger.info("experiment %d: trial %d finished after it was discarded; result dropped", exp_id, number)
+            return
         told = driver.tell(item)
+        discarded = driver.take_discarded()
         attempt = max(item.attempt, count_starts(self.artifacts.trial_dir(exp_id, number)), int(result.attempts))
         best = driver.best()
         checkpoint = driver.checkpoint() if told is not None and driver.checkpoint_due() else store.UNSET
         failed_pretrain = number == PRETRAIN_NUMBER and not result.ok
-        tasks = driver.next_tasks(1) if not failed_pretrain and self._has_slot(driver) else []
+        tasks = driver.next_tasks(self._free_slots(driver)) if not failed_pretrain else []
+        by_ask = driver.take_discarded()
+        if by_ask:  # an ask that hands out nothing is journaled by no row: the checkpoint keeps these discards
+            discarded.update(by_ask)
+            checkpoint = driver.checkpoint()
         with session_scope(self.session_factory) as s:
             attempts, started = self._open_trials(s, driver, tasks)
             record_finished(s, self.artifacts, exp_id, number=number, attempt=attempt, result=result, told=told,
                             generator_state=checkpoint, best=best, previous_best=driver.best_number,
-                            lease_owner=self.owner_id, more_events=started)
+                            lease_owner=self.owner_id, more_events=() if discarded else started)
+            if discarded:  # after its own row: whatever was told may be discarded
+                store.append_events(s, exp_id, [*discard_trials(s, exp_id, discarded), *started])
             if failed_pretrain:
                 finish_experiment(s, exp_id, ExperimentState.FAILED, error=f"the pretrain trial failed:\n{result.error}")
         driver.best_number = best.task_id if best is not None else None

@@ -3,7 +3,8 @@
 Each function takes the caller's session (the caller owns the transaction, as in
 ``service.store``) and builds on the store's functions; the only direct ORM use is
 :func:`open_trial` replacing a row whose trial runs again after it ended without a result the
-generator saw (see there), and :func:`load_journal` reads the generator journal off the trial rows.
+generator saw (see there), :func:`discard_trials` selecting the rows of discarded tasks and
+correcting ``n_trials``, and :func:`load_journal` reading the generator journal off the trial rows.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from service.artifacts import PRETRAIN_NUMBER, ArtifactStore, content_type_for
 from service.models import Artifact, Experiment, Trial
 from service.states import ExperimentState, TrialState
 
-__all__ = ["JournalEntry", "cancel_open_trials", "decode_floats", "encode_floats", "finish_experiment", "json_safe",
-           "load_journal", "open_trial", "record_finished", "register_best_export", "requested_sparsity", "task_fields",
-           "timestamp"]
+__all__ = ["JournalEntry", "cancel_open_trials", "decode_floats", "discard_trials", "encode_floats",
+           "finish_experiment", "json_safe", "load_journal", "open_trial", "record_finished", "register_best_export",
+           "requested_sparsity", "task_fields", "timestamp"]
 
 _OPEN = (TrialState.PENDING, TrialState.RUNNING)
+#: trial states counted in ``experiments.n_trials`` (as in ``service.store_trials``)
+_COUNTED = (TrialState.SUCCEEDED, TrialState.FAILED)
 
 
 def timestamp(seconds: float | None) -> dt.datetime | None:
@@ -141,7 +144,8 @@ def open_trial(s: Session, experiment_id: int, task: Mapping[str, Any], *, ask_s
 
     Raises:
         ValueError: the row is ``succeeded`` (or a failed prune trial): it was told to the
-            generator and must never run again.
+            generator and must never run again; or ``discarded``: the generator took its task out of
+            the search (a resumed search never hands it out again).
     """
     number = int(task["task_id"])
     fields = _row_fields(task)
@@ -161,9 +165,8 @@ def open_trial(s: Session, experiment_id: int, task: Mapping[str, Any], *, ask_s
     if not rerun:
         raise ValueError(f"trial {number} of experiment {experiment_id} is {row.state.value}: it must not run again")
     attempt, kept_seq = row.attempt + 1, row.ask_seq
-    if row.state in (TrialState.SUCCEEDED, TrialState.FAILED):  # it was counted in n_trials; its re-run will be
-        table = cast(sa.Table, Experiment.__table__)
-        s.execute(sa.update(table).where(table.c.id == experiment_id).values(n_trials=table.c.n_trials - 1))
+    if row.state in _COUNTED:  # it was counted in n_trials; its re-run will be
+        _count_trials(s, experiment_id, -1)
     s.delete(row)
     s.flush()
     return store.upsert_trial(s, experiment_id, number=number, state=TrialState.RUNNING, attempt=attempt,
@@ -257,6 +260,43 @@ def record_finished(
             rel = artifacts.relpath(experiment_id, path)
             store.add_artifact(s, experiment_id=experiment_id, trial_number=number, kind=kind, path=rel,
                                size=path.stat().st_size, content_type=content_type_for(rel))
+
+
+def _count_trials(s: Session, experiment_id: int, delta: int) -> None:
+    """Add ``delta`` to ``experiments.n_trials`` (rows that stop or start counting as trials of the search)."""
+    table = cast(sa.Table, Experiment.__table__)
+    s.execute(sa.update(table).where(table.c.id == experiment_id).values(n_trials=table.c.n_trials + delta))
+
+
+def discard_trials(s: Session, experiment_id: int, discarded: Mapping[int, str]) -> list[tuple[str, dict[str, Any]]]:
+    """Move the rows of tasks the generator discarded to ``discarded``; returns their events (the caller appends them).
+
+    ``discarded`` maps trial numbers to the generator's reason (``TaskGenerator.discarded``). The
+    reason goes to the row's ``error`` as ``discarded: <reason>`` (after the traceback a failed trial
+    already had). A row that finished while its task was tentative no longer counts in
+    ``experiments.n_trials``; one still ``pending``/``running`` was cancelled by the caller. The
+    journal fields (``ask_seq``, ``tell_seq``, ``told``) stay: a resumed generator replays the calls
+    and discards the task again. Rows already ``discarded`` (a resumed runner reconciling) and
+    numbers without a row are skipped. Each row moved gets a ``trial_discarded`` event
+    ``{number, reason, running}`` (``running``: it was in flight, never counted as finished).
+    """
+    events: list[tuple[str, dict[str, Any]]] = []
+    if not discarded:
+        return events
+    stmt = sa.select(Trial).where(Trial.experiment_id == experiment_id, Trial.number.in_(list(discarded)),
+                                  Trial.state != TrialState.DISCARDED).order_by(Trial.number)
+    counted = 0
+    for row in list(s.scalars(stmt)):
+        reason = discarded[row.number]
+        note = f"discarded: {reason}"
+        running = row.state in _OPEN
+        counted += row.state in _COUNTED
+        store.upsert_trial(s, experiment_id, number=row.number, state=TrialState.DISCARDED, trial=row,
+                           error=f"{row.error.rstrip()}\n\n{note}" if row.error else note)
+        events.append(("trial_discarded", {"number": row.number, "reason": reason, "running": running}))
+    if counted:
+        _count_trials(s, experiment_id, -counted)
+    return events
 
 
 def cancel_open_trials(s: Session, experiment_id: int) -> list[int]:

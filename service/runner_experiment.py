@@ -13,6 +13,12 @@ grows with every result, so it is only checkpointed into ``experiments.generator
 then (:meth:`ExperimentDriver.checkpoint_due`); a resumed experiment loads the checkpoint and
 replays the journaled calls after it, ending exactly where the last committed call left it.
 
+A task the algorithm hands out ahead of a decision and then discards (NetAdapt running ahead,
+``TaskGenerator.discard``) leaves the search: :meth:`ExperimentDriver.take_discarded` cancels it if
+it still runs and drops it from the queue, and the runner moves its row to ``discarded``. Such a
+task's result is never told (the generator would ignore it), so it is not journaled either; the
+journaled calls that discarded it repeat the discard when a resumed experiment replays them.
+
 Trials run with the runner's trial function (:func:`service.runner_trial.make_trial_fn`) and
 write their artifacts to ``ArtifactStore.trial_dir(experiment_id, number)``.
 """
@@ -317,6 +323,8 @@ class ExperimentDriver:
         self.exhausted = False  # ask() gave nothing while nothing ran: the search is over
         #: the best trial number the runner last recorded in SQL (``best_changed`` events)
         self.best_number: int | None = None
+        #: discarded tasks :meth:`take_discarded` already returned
+        self._discards_taken: set[int] = set()
         self._told_since_checkpoint = sum(e.tell_seq is not None for e in journal)
         self._checkpoint_at = time.monotonic()
         self._on_progress = on_progress
@@ -419,6 +427,31 @@ class ExperimentDriver:
             return None
         self._told_since_checkpoint += 1
         return self.journaled.tell(finished.result.to_task_result())
+
+    def is_discarded(self, number: int) -> bool:
+        """Whether the generator discarded task ``number`` (its result, if one comes, is not told)."""
+        return number in self.generator.discarded
+
+    def take_discarded(self) -> dict[int, str]:
+        """The tasks the generator discarded since the last call (all of them at the first), number -> reason.
+
+        Those still in flight are cancelled in the executor and leave :attr:`running` (their slots are
+        free); those waiting to run again leave :attr:`queue`. The caller moves their rows to
+        ``discarded`` (``service.runner_db.discard_trials``; rows already there are skipped).
+        """
+        new = {n: r for n, r in self.generator.discarded.items() if n not in self._discards_taken}
+        if not new:
+            return {}
+        for handle_id, run in list(self.running.items()):
+            if run.number in new:
+                try:
+                    self.executor.cancel(run.handle)
+                except Exception:  # already gone; if it still reports, poll() drops it (not in running)
+                    logger.debug("cancel of discarded trial %d failed", run.number, exc_info=True)
+                del self.running[handle_id]
+        self.queue = [t for t in self.queue if int(t["task_id"]) not in new]
+        self._discards_taken.update(new)
+        return new
 
     def _progress(self, handle: Any, event: dict[str, Any]) -> None:
         run = self.running.get(handle.id)

@@ -79,11 +79,19 @@ class TrialState(str, enum.Enum):
     lost worker; the caller bumps ``attempt``); ``pending -> cancelled | failed`` (cancelled, or could
     not start, before it ran).
 
+    ``discarded``: the algorithm handed the task out ahead of a decision that then went the other
+    way (NetAdapt running ahead, see ``TaskGenerator.discard``); it is not a trial of the search and
+    never runs again. Reached from ``pending``/``running`` (cancelled in flight), from
+    ``succeeded``/``failed`` (it finished while still tentative) and from ``cancelled`` (cancelled
+    with its experiment, discarded after the resume before it ran again).
+
     Example:
         >>> TrialState.RUNNING.can_go(TrialState.PENDING)
         True
         >>> TrialState.FAILED.is_terminal()
         True
+        >>> TrialState.SUCCEEDED.can_go(TrialState.DISCARDED), TrialState.DISCARDED.can_go(TrialState.RUNNING)
+        (True, False)
     """
 
     PENDING = "pending"
@@ -91,9 +99,10 @@ class TrialState(str, enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    DISCARDED = "discarded"
 
     def is_terminal(self) -> bool:
-        """True for succeeded, failed and cancelled."""
+        """True for succeeded, failed, cancelled and discarded."""
         return self in _TRIAL_TERMINAL
 
     def can_go(self, to: TrialState) -> bool:
@@ -118,16 +127,18 @@ _EXP_TRANSITIONS: dict[ExperimentState, frozenset[ExperimentState]] = {
     ExperimentState.FAILED: frozenset({ExperimentState.QUEUED}),
     ExperimentState.CANCELLED: frozenset({ExperimentState.QUEUED}),
 }
-_TRIAL_TERMINAL = frozenset({TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED})
+_TRIAL_TERMINAL = frozenset({TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.DISCARDED})
 _TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
     # pending -> failed: a task that could not even start (e.g. its parent trial failed)
-    TrialState.PENDING: frozenset({TrialState.RUNNING, TrialState.CANCELLED, TrialState.FAILED}),
+    TrialState.PENDING: frozenset({TrialState.RUNNING, TrialState.CANCELLED, TrialState.FAILED, TrialState.DISCARDED}),
     TrialState.RUNNING: frozenset(
-        {TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.PENDING}
+        {TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.PENDING, TrialState.DISCARDED}
     ),
-    TrialState.SUCCEEDED: frozenset(),
-    TrialState.FAILED: frozenset(),
-    TrialState.CANCELLED: frozenset(),
+    # a result told while the task was tentative; the algorithm discards it when the decision goes the other way
+    TrialState.SUCCEEDED: frozenset({TrialState.DISCARDED}),
+    TrialState.FAILED: frozenset({TrialState.DISCARDED}),
+    TrialState.CANCELLED: frozenset({TrialState.DISCARDED}),
+    TrialState.DISCARDED: frozenset(),
 }
 
 

@@ -146,6 +146,7 @@ EVENT_KINDS = (
     "trial_started",
     "trial_finished",
     "trial_failed",
+    "trial_discarded",
     "trial_progress",
     "best_changed",
     "log",

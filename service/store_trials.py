@@ -92,7 +92,8 @@ class LeaseLost(RuntimeError):
     """The caller no longer holds the experiment's lease (another runner took it over, or it ended)."""
 
 
-#: trial states counted in ``experiments.n_trials``.
+#: trial states counted in ``experiments.n_trials`` (a row leaving them for ``discarded`` stops counting:
+#: ``service.runner_db.discard_trials``).
 _FINISHED = frozenset({TrialState.SUCCEEDED, TrialState.FAILED})
 _ACTIVE_EXPERIMENT_STATES = (
     ExperimentState.QUEUED.value,
@@ -217,8 +218,14 @@ def _check_event(kind: str, data: dict[str, Any]) -> None:
         raise ValueError(f"data: must be a JSON object, got {type(data).__name__}")
 
 
+#: the largest ``events.id`` (an ``INTEGER``: 32 bits on PostgreSQL, which refuses a larger parameter)
+_MAX_EVENT_ID = 2**31 - 1
+
+
 def events_after(s: Session, experiment_id: int, after_id: int = 0, limit: int = 500) -> list[Event]:
     """The experiment's events with ``id > after_id``, oldest first, at most ``limit``."""
+    if after_id >= _MAX_EVENT_ID:  # a client's cursor past any id there can be (the API takes up to 2**62)
+        return []
     stmt = (
         sa.select(Event)
         .where(Event.experiment_id == experiment_id, Event.id > after_id)

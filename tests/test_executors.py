@@ -7,6 +7,7 @@ value; the real ``run_trial`` runs too.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -283,3 +284,37 @@ def test_run_search_runs_trials_concurrently_on_ray(ray_cluster, tmp_path):
                 if a.task_id < b.task_id and a.started_at < b.finished_at and b.started_at < a.finished_at]
     assert overlaps, "no two trials ran at the same time"
     assert (outcome.best_dir / "compact.json").is_file()
+
+
+@pytest.mark.ray
+def test_netadapt_runs_ahead_on_two_ray_workers_and_trains_what_one_worker_trains(ray_cluster, tmp_path):
+    """Real parallel workers: the next iteration's candidates start early, and the trials of the search (and
+    so its best) are those one in-process worker trains; discarded ones are cancelled, not counted."""
+    from workers.executors import RayExecutor
+    from workers.local import run_search
+    from workers.spec import ExperimentSpec
+
+    def spec(slots):
+        return ExperimentSpec.from_dict({
+            "name": "netadapt-ahead", "model": {"factory": "search.zoo:digits_cnn"}, "data": {"name": "digits"},
+            "pruner": {"name": "l1", "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.75}]},
+            "algorithm": {"name": "netadapt", "max_trials": 8, "reduction_per_iteration": 0.25},
+            "trial": {"finetune_epochs": 1, "pretrain_epochs": 1, "batch_size": 64},
+            "objective": {"metric": "loss", "best_result_mode": "minimize"},
+            "constraints": {"max_flops_ratio": 0.15}, "resources": {"max_concurrent_trials": slots}})
+
+    one = run_search(spec(1), LocalExecutor(), tmp_path / "one", export_onnx=False)
+    events = []
+    executor = RayExecutor()
+    try:
+        two = run_search(spec(2), executor, tmp_path / "two", export_onnx=False, on_event=events.append)
+    finally:
+        executor.shutdown()
+    assert [t.score for t in two.trials] == [t.score for t in one.trials]
+    assert [two.params[t.task_id]["ratios"] for t in two.trials] == [one.params[t.task_id]["ratios"] for t in one.trials]
+    assert two.best.score == one.best.score and not one.discarded
+    assert any(p.get("speculative") for p in two.params.values())
+    assert sorted(e["task_id"] for e in events if e["type"] == "trial_discarded") == sorted(two.discarded)
+    state = json.loads((tmp_path / "two" / "state.json").read_text())
+    assert [t["task_id"] for t in state["trials"]] == [t.task_id for t in two.trials]
+    assert {t["task_id"] for t in state["generator"]["tasks"] if t["status"] == "discarded"} == set(two.discarded)

@@ -296,6 +296,17 @@ export function mountExperiment(container, {id, navigate}) {
         refreshExperiment();
         detail.refresh(n);
         break;
+      case "trial_discarded":
+        // run ahead of a decision that went the other way: no longer a trial of the search (nor a chart point)
+        table.setProgress(n, null);
+        table.upsert({number: n, state: "discarded"});
+        setPoint(n, "discarded");
+        activity(`trial ${n} discarded: ${data.reason}`);
+        fillTrial(n);
+        redrawCharts();
+        refreshExperiment();
+        detail.refresh(n);
+        break;
       case "best_changed":
         exp.best_trial_number = data.number;
         activity(`new best: trial ${data.number} (score ${fmt.score(data.score)})`, "success");

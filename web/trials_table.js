@@ -220,7 +220,8 @@ export class TrialTable {
     row.removeAttribute("aria-busy");
     row.dataset.number = String(t.number);
     row.dataset.index = String(index);
-    row.className = `vt-row${this.selected === t.number ? " selected" : ""}`;
+    const discarded = t.state === "discarded" ? " discarded" : ""; // muted: not a trial of the search
+    row.className = `vt-row${discarded}${this.selected === t.number ? " selected" : ""}`;
     row.setAttribute("aria-selected", this.selected === t.number ? "true" : "false");
     for (let c = 0; c < COLUMNS.length; c++) {
       const key = COLUMNS[c].key;

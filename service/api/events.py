@@ -19,9 +19,9 @@ router = APIRouter(prefix="/experiments/{experiment_id}", tags=["events"])
 _BATCH = 500
 _SSE_DOC = (
     "`text/event-stream`. First `retry: <ms>`, then one message per event: `id: <event id>`, "
-    "`event: <kind>` (experiment_state, trial_started, trial_finished, trial_failed, trial_progress, "
-    "best_changed, log), `data: <JSON>`; `: keep-alive` comments while idle. After the experiment reached "
-    "a terminal state and every event was sent: `event: end` with `data: {\"state\", \"last_event_id\"}` "
+    "`event: <kind>` (experiment_state, trial_started, trial_finished, trial_failed, trial_discarded, "
+    "trial_progress, best_changed, log), `data: <JSON>`; `: keep-alive` comments while idle. After the "
+    "experiment reached a terminal state and every event was sent: `event: end` with `data: {\"state\", \"last_event_id\"}` "
     "and the stream closes. Resume with the `Last-Event-ID` header or `?after=<id>`."
 )
 

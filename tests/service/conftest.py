@@ -112,6 +112,21 @@ def session_factory(db_url: str) -> Iterator[sessionmaker[Session]]:
         yield factory
 
 
+@pytest.fixture(scope="session")
+def origin_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Digits CNN weights trained for one epoch (a pretrain trial), so most runner tests skip pretraining."""
+    from search.scheduling import Task
+    from workers.spec import DataSpec, ModelSpec, TrialSettings, TrialSpec
+    from workers.trial import run_trial
+
+    folder = tmp_path_factory.mktemp("origin") / "pretrain"
+    spec = TrialSpec(ModelSpec("search.zoo:digits_cnn"), DataSpec("digits"), "l1", {},
+                     Task(-1, [], params={"pretrain": 1}).to_json(), artifact_dir=str(folder),
+                     settings=TrialSettings())
+    run_trial(spec)
+    return str(folder / "weights.safetensors")
+
+
 N_TRIALS = 10_000
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 

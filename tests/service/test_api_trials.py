@@ -80,6 +80,13 @@ def test_trials_filter_by_state(app: Any, client: TestClient) -> None:
     assert page["data"][0]["error"].startswith("Traceback")
     both = client.get(f"{API}/experiments/{exp}/trials", params={"state": ["failed", "succeeded"]}).json()
     assert both["count"] == 5
+    with session_scope(app.state.session_factory) as s:  # a task run ahead of a decision, then discarded
+        store.upsert_trial(s, exp, number=2, state=TrialState.DISCARDED, error="discarded: ran ahead from task 0")
+    page = client.get(f"{API}/experiments/{exp}/trials", params={"state": "discarded"}).json()
+    assert page["count"] == 1 and page["data"][0]["state"] == "discarded"
+    assert page["data"][0]["error"] == "discarded: ran ahead from task 0"
+    bad = client.get(f"{API}/experiments/{exp}/trials", params={"state": "dropped"})
+    assert bad.status_code == 422 and "discarded" in bad.text
 
 
 def test_a_listed_page_is_never_stale_after_a_trial_is_written(app: Any, client: TestClient) -> None:

@@ -27,6 +27,7 @@ ALGORITHMS = {
     "simulated_annealing": {"neighbours_per_temperature": 3, "cool_down_rate": 0.5, "max_trials": 14},
     "amc": {"max_episodes": 14, "ddpg_params": {"warmup": 3, "batch_size": 8}, "parallel_episodes": 2},
     "optuna": {"max_trials": 14, "n_startup_trials": 3},
+    "netadapt": {"reduction_per_iteration": 0.05, "max_trials": 14},  # runs ahead, and discards lost bets
 }
 
 
@@ -81,6 +82,8 @@ def drive(search: JournaledGenerator, rows: Rows, running: dict[int, dict[str, A
             return
         task_id = max(running) if round_ % 2 else min(running)
         rows.told(task_id, search.tell(result_of(task_id, running.pop(task_id))))
+        for discarded in set(running) & set(search.generator.discarded):  # cancelled, as the runner does
+            del running[discarded]
 
 
 def state(search: JournaledGenerator) -> str:
@@ -141,3 +144,14 @@ def test_a_checkpoint_of_another_algorithm_is_refused() -> None:
         JournaledGenerator(generator("amc"), checkpoint, algorithm="amc")
     with pytest.raises(StateError, match="unsupported version 7"):
         JournaledGenerator(generator("agp"), {**checkpoint, "version": 7})
+
+
+def test_a_replay_discards_again_what_the_search_discarded() -> None:
+    """NetAdapt's tasks run ahead of a lost bet are discarded inside a journaled call (a tell, or an ask); their
+    results are never told, so the replay of the calls alone repeats the discards."""
+    live, rows, running = JournaledGenerator(generator("netadapt"), None, algorithm="netadapt"), Rows(), {}
+    drive(live, rows, running, tells=9)
+    assert live.generator.discarded and not set(live.generator.discarded) & set(live.generator.results)
+    rebuilt = JournaledGenerator(generator("netadapt"), None, rows.journal(after=0), algorithm="netadapt")
+    assert rebuilt.generator.discarded == live.generator.discarded and state(rebuilt) == state(live)
+    assert not set(live.generator.discarded) & {t.task_id for t in rebuilt.generator.pending()}  # never run again

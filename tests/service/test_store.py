@@ -165,6 +165,9 @@ def test_delete_experiment_cascades_to_trials_events_and_artifacts(session_facto
     (ES.CANCELLING, ES.CANCELLED, True), (ES.FAILED, ES.QUEUED, True), (ES.CANCELLED, ES.QUEUED, True),
     (ES.QUEUED, ES.SUCCEEDED, False), (ES.SUCCEEDED, ES.QUEUED, False), (ES.CANCELLING, ES.RUNNING, False),
     (TS.RUNNING, TS.PENDING, True), (TS.PENDING, TS.SUCCEEDED, False), (TS.SUCCEEDED, TS.RUNNING, False),
+    # a task run ahead of a decision that went the other way: from in flight, or after its result was told
+    (TS.RUNNING, TS.DISCARDED, True), (TS.SUCCEEDED, TS.DISCARDED, True), (TS.FAILED, TS.DISCARDED, True),
+    (TS.DISCARDED, TS.RUNNING, False), (TS.DISCARDED, TS.SUCCEEDED, False),
 ])
 def test_state_machine_transitions(frm, to, legal):
     assert frm.can_go(to) is legal
@@ -172,7 +175,7 @@ def test_state_machine_transitions(frm, to, legal):
 
 def test_terminal_states():
     assert {s for s in ES if s.is_terminal()} == {ES.SUCCEEDED, ES.FAILED, ES.CANCELLED}
-    assert {s for s in TS if s.is_terminal()} == {TS.SUCCEEDED, TS.FAILED, TS.CANCELLED}
+    assert {s for s in TS if s.is_terminal()} == {TS.SUCCEEDED, TS.FAILED, TS.CANCELLED, TS.DISCARDED}
 
 
 def test_illegal_experiment_transition_raises_and_changes_nothing(session_factory):

@@ -20,6 +20,7 @@ import pytest
 
 from service import store
 from service.db import session_scope
+from service.runner_db import discard_trials
 from service.states import ExperimentState, TrialState
 from tests.web.conftest import ui_server
 
@@ -470,3 +471,20 @@ def test_chart_ticks_and_pareto_front_are_computed_right(static_server: StaticEx
     assert got["front"] == [3, 0, 2]  # cheapest first; a trial no better than a cheaper one is dominated
     assert got["frontMin"] == [1, 0, 2]  # minimize: lower is better; no FLOPs ratio, no place on the front
     assert got["best"] == [3, 1, 1, 0]
+
+
+def test_a_discarded_trial_turns_discarded_live_with_its_reason(static_server: StaticExperiment, new_page: Any) -> None:
+    """What the runner writes when NetAdapt discards a task it ran ahead of a decision that went the other way."""
+    app, exp_id = static_server.app, static_server.experiment_id
+    page = new_page()
+    page.goto(f"{static_server.url}/experiments/{exp_id}")
+    page.wait_for_selector(".live-dot[data-status=live]")
+    page.locator(f"{ROWS}[data-number='1'] .badge[data-state=succeeded]").wait_for()
+    reason = "ran ahead from task 0, but task 2 won iteration 1"
+    with session_scope(app.state.session_factory) as s:
+        store.append_events(s, exp_id, discard_trials(s, exp_id, {1: reason}))
+    page.locator(f"{ROWS}.discarded[data-number='1'] .badge[data-state=discarded]").wait_for()
+    page.get_by_text(f"trial 1 discarded: {reason}").wait_for()  # in the activity list
+    state_cell = "#trials-table .vt-row[data-number='1'] .col-state"
+    page.wait_for_function("([sel, t]) => document.querySelector(sel).title === t",
+                           arg=[state_cell, f"discarded: {reason}"])  # the reason on hover, once the row is read again
