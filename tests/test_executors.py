@@ -290,18 +290,13 @@ def test_run_search_runs_trials_concurrently_on_ray(ray_cluster, tmp_path):
 def test_netadapt_runs_ahead_on_two_ray_workers_and_trains_what_one_worker_trains(ray_cluster, tmp_path):
     """Real parallel workers: the next iteration's candidates start early, and the trials of the search (and
     so its best) are those one in-process worker trains; discarded ones are cancelled, not counted."""
+    from tests.utils import netadapt_run_ahead_spec
     from workers.executors import RayExecutor
     from workers.local import run_search
     from workers.spec import ExperimentSpec
 
     def spec(slots):
-        return ExperimentSpec.from_dict({
-            "name": "netadapt-ahead", "model": {"factory": "search.zoo:digits_cnn"}, "data": {"name": "digits"},
-            "pruner": {"name": "l1", "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.75}]},
-            "algorithm": {"name": "netadapt", "max_trials": 8, "reduction_per_iteration": 0.25},
-            "trial": {"finetune_epochs": 1, "pretrain_epochs": 1, "batch_size": 64},
-            "objective": {"metric": "loss", "best_result_mode": "minimize"},
-            "constraints": {"max_flops_ratio": 0.15}, "resources": {"max_concurrent_trials": slots}})
+        return ExperimentSpec.from_dict(netadapt_run_ahead_spec(slots))
 
     one = run_search(spec(1), LocalExecutor(), tmp_path / "one", export_onnx=False)
     events = []

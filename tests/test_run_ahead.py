@@ -24,6 +24,7 @@ from torch import nn
 from search.algorithms import NetAdaptTaskGenerator
 from search.scheduling import Task, TaskResult, TaskStatus
 from search.zoo import get_dummy_input, get_model
+from tests.utils import netadapt_run_ahead_spec
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -195,13 +196,7 @@ def test_run_search_with_two_slots_trains_the_same_trials_and_cancels_discarded_
     from workers.spec import ExperimentSpec
 
     def spec(slots: int) -> ExperimentSpec:
-        return ExperimentSpec.from_dict({
-            "name": "run-ahead", "model": {"factory": "search.zoo:digits_cnn"}, "data": {"name": "digits"},
-            "pruner": {"name": "l1", "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.75}]},
-            "algorithm": {"name": "netadapt", "max_trials": 8, "reduction_per_iteration": 0.25},
-            "trial": {"finetune_epochs": 1, "pretrain_epochs": 1, "batch_size": 64},
-            "objective": {"metric": "loss", "best_result_mode": "minimize"},
-            "constraints": {"max_flops_ratio": 0.15}, "resources": {"max_concurrent_trials": slots}})
+        return ExperimentSpec.from_dict(netadapt_run_ahead_spec(slots))
 
     outcomes, events = {}, {}
     for slots in (1, 2):

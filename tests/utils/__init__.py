@@ -243,3 +243,17 @@ def following_norm(model: nn.Module, module_name: str) -> str | None:
     candidate = f"{prefix}.{candidate}" if prefix else candidate
     module = dict(model.named_modules()).get(candidate)
     return candidate if isinstance(module, nn.modules.batchnorm._BatchNorm) else None
+
+
+# -- search specs -------------------------------------------------------------------------------------
+def netadapt_run_ahead_spec(slots: int) -> dict[str, Any]:
+    """A NetAdapt experiment on the digits CNN (real trials, 1 finetune epoch, 8 trials) in which, with 2 slots,
+    NetAdapt runs ahead of its decisions and loses one of its bets (a task is discarded)."""
+    return {
+        "name": "netadapt-ahead", "model": {"factory": "search.zoo:digits_cnn"}, "data": {"name": "digits"},
+        "pruner": {"name": "l1", "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.75}]},
+        "algorithm": {"name": "netadapt", "max_trials": 8, "reduction_per_iteration": 0.25},
+        "trial": {"finetune_epochs": 1, "pretrain_epochs": 1, "batch_size": 64},
+        "objective": {"metric": "loss", "best_result_mode": "minimize"},
+        "constraints": {"max_flops_ratio": 0.15}, "resources": {"max_concurrent_trials": slots},
+    }
