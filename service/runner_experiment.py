@@ -445,7 +445,7 @@ class ExperimentDriver:
         for handle_id, run in list(self.running.items()):
             if run.number in new:
                 try:
-                    self.executor.cancel(run.handle)
+                    self.executor.cancel(run.handle, force=False)  # interrupted; its worker stays warm
                 except Exception:  # already gone; if it still reports, poll() drops it (not in running)
                     logger.debug("cancel of discarded trial %d failed", run.number, exc_info=True)
                 del self.running[handle_id]

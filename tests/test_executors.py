@@ -59,6 +59,20 @@ def killing_trial(spec: TrialSpec, progress) -> TrialResult:
     return TrialResult(spec.task_id, score=1.0, worker=str(os.getpid()))
 
 
+def interruptible_trial(spec: TrialSpec, progress) -> TrialResult:
+    """Writes its pid, then sleeps in short steps, as a training loop returns to Python between batches (Ray
+    delivers the interrupt there); an interrupt (a cancel without force) is noted in ``interrupted``."""
+    folder = Path(spec.task["params"]["dir"])
+    (folder / "pid").write_text(str(os.getpid()))
+    try:
+        for _ in range(600):
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        (folder / "interrupted").write_text("yes")
+        raise
+    return TrialResult(spec.task_id, score=1.0)
+
+
 def trial_spec(tmp_path: Path, task_id: int, finetune_epochs: int = 0, **params) -> TrialSpec:
     return TrialSpec(
         ModelSpec("search.zoo:digits_cnn"), DataSpec("digits"), "l1", {},
@@ -213,6 +227,41 @@ def test_ray_poll_returns_a_finished_trial_at_once_while_another_runs(ray_cluste
         executor.shutdown()
     # poll waits for the first finished trial, not for all or for its 0.25 s polling slice to run out
     assert sorted(delays)[2] < 0.1, f"poll returned {delays} s after the trials finished"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("force", [False, True])
+def test_ray_cancel_interrupts_the_trial_or_kills_its_worker(ray_cluster, tmp_path, force):
+    """force=False (a discarded trial): the trial is interrupted and its worker lives on, warm; force=True: the
+    worker process is killed (a stuck trial stops too)."""
+    from workers.executors import RayExecutor
+
+    executor = RayExecutor(trial_fn=interruptible_trial)
+    try:
+        handle = executor.submit(trial_spec(tmp_path, 0, dir=str(tmp_path)))
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int((tmp_path / "pid").read_text())
+        assert executor.cancel(handle, force=force)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (_alive(pid) if force else not (tmp_path / "interrupted").exists()):
+            time.sleep(0.05)
+        assert executor.poll(timeout=0.5) == []  # a cancelled trial is never reported
+        if force:
+            assert not _alive(pid)
+        else:
+            assert (tmp_path / "interrupted").exists() and _alive(pid)
+    finally:
+        executor.shutdown()
 
 
 @pytest.mark.ray

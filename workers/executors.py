@@ -2,7 +2,7 @@
 
 :class:`Executor` is four methods: ``submit(trial_spec) -> handle``; ``poll(timeout)`` returns the
 ``(handle, TrialResult)`` pairs that finished since the last call, in the order they finished;
-``cancel(handle)``; ``shutdown()``. A trial that raises comes back as a failed
+``cancel(handle, force=True)``; ``shutdown()``. A trial that raises comes back as a failed
 :class:`~workers.trial.TrialResult` whose ``error`` is the traceback; executors never raise for
 a trial's own failure. A cancelled trial is never reported.
 
@@ -87,8 +87,13 @@ class Executor(Protocol):
         """Finished ``(handle, TrialResult)`` pairs; waits up to ``timeout`` s for the first (``None``: until one)."""
         ...
 
-    def cancel(self, handle: TrialHandle) -> bool:
-        """Stop a queued or running trial; it will not be reported. False if it had finished."""
+    def cancel(self, handle: TrialHandle, force: bool = True) -> bool:
+        """Stop a queued or running trial; it will not be reported. False if it had finished.
+
+        ``force``: kill the worker process running it (a trial stuck in native code stops too);
+        ``False`` interrupts the trial instead and keeps the worker, warm, for the next trial
+        (for trials stopped because their result is no longer needed).
+        """
         ...
 
     def shutdown(self) -> None:
@@ -163,7 +168,7 @@ class LocalExecutor:
         progress = (lambda event: sink(handle, event)) if sink is not None else None
         return [(handle, _result_from_json(execute_trial(self.trial_fn, handle.spec.to_json(), progress)))]
 
-    def cancel(self, handle: TrialHandle) -> bool:
+    def cancel(self, handle: TrialHandle, force: bool = True) -> bool:
         if handle in self._queue:
             self._queue.remove(handle)
             return True
@@ -375,12 +380,14 @@ class RayExecutor:
         except Exception as exc:  # anything else Ray raises (the trial's own errors come back as results)
             return _failed(run.handle, "".join(traceback.format_exception(exc)))
 
-    def cancel(self, handle: TrialHandle) -> bool:
+    def cancel(self, handle: TrialHandle, force: bool = True) -> bool:
         run = self._by_handle.get(handle.id)
         if run is None:
             return False
         self._forget(run.ref)
-        self._ray.cancel(run.ref, force=True)
+        # force=False: Ray raises KeyboardInterrupt in the running task (the trial does not catch it) and the
+        # worker process lives on; force=True kills the process (the next trial there starts a new one)
+        self._ray.cancel(run.ref, force=force)
         return True
 
     def running(self) -> int:

@@ -260,7 +260,7 @@ class _Search:
         discarded = self.generator.discarded
         for handle_id, handle in list(self.running.items()):
             if handle.trial_id in discarded:
-                self.executor.cancel(handle)
+                self.executor.cancel(handle, force=False)  # interrupted; its worker stays warm for the next trial
                 del self.running[handle_id]
                 self.emit({"type": "trial_discarded", "task_id": handle.trial_id, "running": True,
                            "reason": discarded[handle.trial_id]})

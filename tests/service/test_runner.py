@@ -393,8 +393,8 @@ class Tracking(LocalExecutor):
         type(self).live[self.key] -= len(done)
         return done
 
-    def cancel(self, handle):
-        cancelled = super().cancel(handle)
+    def cancel(self, handle, force=True):
+        cancelled = super().cancel(handle, force)
         type(self).live[self.key] -= cancelled  # e.g. a task run ahead of a decision, then discarded
         return cancelled
 
