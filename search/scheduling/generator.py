@@ -195,6 +195,7 @@ class TaskGenerator:
         #: task id -> why it was discarded (see :meth:`discard`)
         self.discarded: dict[int, str] = {}
         self._next_id = 0
+        self._n_live = 0  # tasks handed out and not discarded: the next task's seed_index
         self._best_written: int | None = None
 
     # -- the contract -----------------------------------------------------------------------------
@@ -210,9 +211,9 @@ class TaskGenerator:
         return [self._hand_out(proposal)] if proposal is not None else []
 
     def _hand_out(self, proposal: Proposal) -> Task:
-        live = sum(1 for t in self.tasks.values() if t.status is not TaskStatus.DISCARDED)
         task = Task(self._next_id, [dict(c) for c in proposal.config_list], proposal.parent_id, dict(proposal.params),
-                    seed_index=live)
+                    seed_index=self._n_live)
+        self._n_live += 1
         task.status = TaskStatus.RUNNING
         self.tasks[task.task_id] = task
         self._next_id += 1
@@ -248,6 +249,7 @@ class TaskGenerator:
             if task.status is TaskStatus.DISCARDED:
                 continue
             task.status = TaskStatus.DISCARDED
+            self._n_live -= 1
             self.results.pop(task_id, None)
             self.discarded[task_id] = reason
             logger.info("task %d discarded: %s", task_id, reason)
@@ -431,6 +433,7 @@ class TaskGenerator:
         self.tasks = {t["task_id"]: Task.from_json(t) for t in state["tasks"]}
         self.results = {r["task_id"]: TaskResult.from_json(r) for r in state["results"]}
         self.discarded = {int(k): str(v) for k, v in state.get("discarded", {}).items()}
+        self._n_live = sum(1 for t in self.tasks.values() if t.status is not TaskStatus.DISCARDED)
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self._load_algo_state(state.get("algo", {}))
