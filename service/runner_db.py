@@ -22,15 +22,13 @@ from service import store
 from service._export import EXPORT_FILES, BestExport
 from service.artifacts import PRETRAIN_NUMBER, ArtifactStore, content_type_for
 from service.models import Artifact, Experiment, Trial
-from service.states import ExperimentState, TrialState
+from service.states import COUNTED_TRIAL_STATES, ExperimentState, TrialState
 
 __all__ = ["JournalEntry", "cancel_open_trials", "decode_floats", "discard_trials", "encode_floats",
            "finish_experiment", "json_safe", "load_journal", "open_trial", "record_finished", "register_best_export",
            "requested_sparsity", "task_fields", "timestamp"]
 
 _OPEN = (TrialState.PENDING, TrialState.RUNNING)
-#: trial states counted in ``experiments.n_trials`` (as in ``service.store_trials``)
-_COUNTED = (TrialState.SUCCEEDED, TrialState.FAILED)
 
 
 def timestamp(seconds: float | None) -> dt.datetime | None:
@@ -165,7 +163,7 @@ def open_trial(s: Session, experiment_id: int, task: Mapping[str, Any], *, ask_s
     if not rerun:
         raise ValueError(f"trial {number} of experiment {experiment_id} is {row.state.value}: it must not run again")
     attempt, kept_seq = row.attempt + 1, row.ask_seq
-    if row.state in _COUNTED:  # it was counted in n_trials; its re-run will be
+    if row.state in COUNTED_TRIAL_STATES:  # it was counted in n_trials; its re-run will be
         _count_trials(s, experiment_id, -1)
     s.delete(row)
     s.flush()
@@ -290,7 +288,7 @@ def discard_trials(s: Session, experiment_id: int, discarded: Mapping[int, str])
         reason = discarded[row.number]
         note = f"discarded: {reason}"
         running = row.state in _OPEN
-        counted += row.state in _COUNTED
+        counted += row.state in COUNTED_TRIAL_STATES
         store.upsert_trial(s, experiment_id, number=row.number, state=TrialState.DISCARDED, trial=row,
                            error=f"{row.error.rstrip()}\n\n{note}" if row.error else note)
         events.append(("trial_discarded", {"number": row.number, "reason": reason, "running": running}))

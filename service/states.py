@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ExperimentState", "IllegalTransition", "TrialState", "check_transition"]
+__all__ = ["COUNTED_TRIAL_STATES", "ExperimentState", "IllegalTransition", "TrialState", "check_transition"]
 
 
 class IllegalTransition(ValueError):
@@ -128,6 +128,8 @@ _EXP_TRANSITIONS: dict[ExperimentState, frozenset[ExperimentState]] = {
     ExperimentState.CANCELLED: frozenset({ExperimentState.QUEUED}),
 }
 _TRIAL_TERMINAL = frozenset({TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.DISCARDED})
+#: trial states counted in ``experiments.n_trials`` (a row leaving them, e.g. for ``discarded``, stops counting)
+COUNTED_TRIAL_STATES = frozenset({TrialState.SUCCEEDED, TrialState.FAILED})
 _TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
     # pending -> failed: a task that could not even start (e.g. its parent trial failed)
     TrialState.PENDING: frozenset({TrialState.RUNNING, TrialState.CANCELLED, TrialState.FAILED, TrialState.DISCARDED}),

@@ -43,7 +43,7 @@ from sqlalchemy.orm.util import identity_key
 
 from service.models import Event, Experiment, Trial, utcnow
 from service.pagination import Page, SortKey, keyset_page, parse_sort
-from service.states import ExperimentState, TrialState, check_transition
+from service.states import COUNTED_TRIAL_STATES, ExperimentState, TrialState, check_transition
 
 __all__ = [
     "UNSET",
@@ -92,9 +92,6 @@ class LeaseLost(RuntimeError):
     """The caller no longer holds the experiment's lease (another runner took it over, or it ended)."""
 
 
-#: trial states counted in ``experiments.n_trials`` (a row leaving them for ``discarded`` stops counting:
-#: ``service.runner_db.discard_trials``).
-_FINISHED = frozenset({TrialState.SUCCEEDED, TrialState.FAILED})
 _ACTIVE_EXPERIMENT_STATES = (
     ExperimentState.QUEUED.value,
     ExperimentState.RUNNING.value,
@@ -487,7 +484,7 @@ def record_trial_result(
     existing = get_trial(s, experiment_id, number)
     if existing is not None:
         check_transition(existing.state, state)  # before any write
-    newly_finished = state in _FINISHED and (existing is None or existing.state not in _FINISHED)
+    newly_finished = state in COUNTED_TRIAL_STATES and (existing is None or existing.state not in COUNTED_TRIAL_STATES)
 
     values: dict[str, Any] = {} if isinstance(generator_state, Unset) else {"generator_state": generator_state}
     if newly_finished:

@@ -16,6 +16,17 @@ def digits():
 
 
 @pytest.fixture(scope="module")
+def cnn():
+    """The digits CNN (conv 1->32->64->64, fc), initialised from seed 0, in eval mode."""
+    import torch
+
+    from search.zoo import get_model
+
+    torch.manual_seed(0)
+    return get_model("digits_cnn").eval()
+
+
+@pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
     """Run a module's tests on one intra-op thread, then restore the previous count.
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
 from torch import nn
 
 from search.algorithms import AMCTaskGenerator, AutoCompressTaskGenerator, SimulatedAnnealingTaskGenerator
 from search.algorithms.allocation import BudgetRepair, allocation_layers
 from search.scheduling import Constraints, TaskGenerator, TaskResult
-from search.zoo import get_dummy_input, get_model
+from search.zoo import get_dummy_input
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -26,11 +25,6 @@ SA = {"start_temperature": 0.1, "stop_temperature": 0.02, "cool_down_rate": 0.6,
       "neighbours_per_temperature": 4}
 BOUND = 0.0655  # what uniform 75% reaches on digits_cnn: about half the neighbours of uniform are over it
 
-
-@pytest.fixture(scope="module")
-def cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return get_model("digits_cnn").eval()
 
 
 def annealing(model: nn.Module, **kwargs: Any) -> SimulatedAnnealingTaskGenerator:

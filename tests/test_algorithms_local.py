@@ -76,11 +76,6 @@ def proposed(gen: TaskGenerator) -> list[tuple[int | None, list[dict[str, Any]]]
     return [(t.parent_id, t.config_list) for _, t in sorted(gen.tasks.items())]
 
 
-@pytest.fixture(scope="module")
-def cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return get_model("digits_cnn").eval()
-
 
 def netadapt(model: nn.Module, **kwargs: Any) -> NetAdaptTaskGenerator:
     kwargs.setdefault("constraints", {"max_flops_ratio": 0.4})

@@ -18,23 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from torch import nn
 
 from search.algorithms import NetAdaptTaskGenerator
 from search.scheduling import Task, TaskResult, TaskStatus
-from search.zoo import get_dummy_input, get_model
+from search.zoo import get_dummy_input
 from tests.utils import netadapt_run_ahead_spec
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CONVS = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]
 
-
-@pytest.fixture(scope="module")
-def cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return get_model("digits_cnn").eval()
 
 
 def netadapt(model: nn.Module, **kwargs: Any) -> NetAdaptTaskGenerator:

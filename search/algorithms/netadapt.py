@@ -403,33 +403,31 @@ class NetAdaptTaskGenerator(TaskGenerator):
         return [self._proposal(self.ahead["iteration"], index, it, base_id, speculative=True)
                 for index, it in self.ahead["round"].take(n)]
 
-    def _ahead_tasks(self) -> list[int]:
-        if self.ahead is None:
-            return []
-        return [t.task_id for t in self.tasks.values() if t.params.get("speculative") and "refine" not in t.params
-                and t.params.get("iteration") == self.ahead["iteration"] and t.status is not TaskStatus.DISCARDED]
-
     def _drop_ahead(self, why: str) -> None:
         if self.ahead is None:
             return
-        self.discard(self._ahead_tasks(), f"ran ahead from task {self.ahead['base']}, but {why}")
+        ahead = [t.task_id for t in self.tasks.values() if self._tentative(t) and t.status is not TaskStatus.DISCARDED]
+        self.discard(ahead, f"ran ahead from task {self.ahead['base']}, but {why}")
         self.ahead = None
 
     def _tentative(self, task: Task) -> bool:
         return self.ahead is not None and bool(task.params.get("speculative")) and \
             task.params.get("iteration") == self.ahead["iteration"]
 
+    def _budget_left(self) -> bool:
+        return self.search_trials is None or len(self._search_tasks()) < self.search_trials
+
     def _observe(self, result: TaskResult) -> None:
-        params = self.tasks[result.task_id].params
+        task = self.tasks[result.task_id]
+        params = task.params
         score = result.score if result.ok else None
-        if self.ahead is not None and params.get("speculative") and params.get("iteration") == self.ahead["iteration"]:
+        if self.ahead is not None and self._tentative(task):
             self.ahead["round"].record(int(params["candidate"]), result.task_id, score)
             return
         if self.round is None or params.get("iteration") != self.iteration:
             return
         self.round.record(int(params["candidate"]), result.task_id, score)
-        budget_left = self.search_trials is None or len(self._search_tasks()) < self.search_trials
-        if self.round.complete(budget_left):
+        if self.round.complete(self._budget_left()):
             self._decide()
         elif self.ahead is not None:
             leader = self._leader()
@@ -458,8 +456,7 @@ class NetAdaptTaskGenerator(TaskGenerator):
             return
         # the bet is won: the next iteration is the one that ran ahead (the same candidates _open_iteration makes)
         self.iteration, self.round, self.ahead = self.ahead["iteration"], self.ahead["round"], None
-        budget_left = self.search_trials is None or len(self._search_tasks()) < self.search_trials
-        if self.round.next > 0 and self.round.complete(budget_left):
+        if self.round.next > 0 and self.round.complete(self._budget_left()):
             self._decide()
 
     # -- results ----------------------------------------------------------------------------------

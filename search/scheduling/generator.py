@@ -457,8 +457,8 @@ class TaskGenerator:
                 from search.pruning.io import save_state_dict  # noqa: PLC0415
 
                 save_state_dict(result.model.state_dict(), folder / "model.safetensors")
-            if best is not None and (best.task_id == task.task_id or best.task_id != self._best_written):
-                # (the best may also change to a task told earlier: a tentative task whose bet was won)
+            if best is not None and best.task_id != self._best_written:
+                # (usually this task; or one told earlier: a tentative task whose bet was won)
                 self._write_best(self.tasks[best.task_id], best)
         except OSError as exc:  # logs must never stop a search
             logger.warning("could not write logs for task %d: %s", task.task_id, exc)

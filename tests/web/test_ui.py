@@ -483,8 +483,14 @@ def test_a_discarded_trial_turns_discarded_live_with_its_reason(static_server: S
     reason = "ran ahead from task 0, but task 2 won iteration 1"
     with session_scope(app.state.session_factory) as s:
         store.append_events(s, exp_id, discard_trials(s, exp_id, {1: reason}))
+    badge = page.locator(f"{ROWS}[data-number='1'] .badge")
     page.locator(f"{ROWS}.discarded[data-number='1'] .badge[data-state=discarded]").wait_for()
-    page.get_by_text(f"trial 1 discarded: {reason}").wait_for()  # in the activity list
+    assert badge.get_attribute("data-state") == "discarded"
+    assert "discarded" in (page.locator(f"{ROWS}[data-number='1']").get_attribute("class") or "")  # muted row
+    activity = page.get_by_text(f"trial 1 discarded: {reason}")
+    activity.wait_for()
+    assert activity.count() == 1  # in the activity list
     state_cell = "#trials-table .vt-row[data-number='1'] .col-state"
     page.wait_for_function("([sel, t]) => document.querySelector(sel).title === t",
                            arg=[state_cell, f"discarded: {reason}"])  # the reason on hover, once the row is read again
+    assert page.locator(state_cell).get_attribute("title") == f"discarded: {reason}"
